@@ -1,0 +1,75 @@
+// Package testenv finds the external programs and files that real tests need
+// (the sops CLI, qemu-system-x86_64, a Debian kernel) and decides what a test
+// does when one is missing.
+//
+// A plain `go test ./...` on a bare machine skips such tests with a message
+// naming what is missing. `make test` and CI set CREDVM_TEST_STRICT=1, and
+// then a missing tool fails the test: nothing is silently skipped where the
+// promise is that it runs.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// Strict reports whether missing tools fail tests instead of skipping them.
+func Strict() bool { return os.Getenv("CREDVM_TEST_STRICT") == "1" }
+
+// Missing skips or fails t, depending on Strict, explaining what is missing
+// and how to get it.
+func Missing(t testing.TB, what, how string) {
+	t.Helper()
+	if Strict() {
+		t.Fatalf("%s is required (CREDVM_TEST_STRICT=1): %s", what, how)
+	}
+	t.Skipf("%s not found (%s); skipping", what, how)
+}
+
+// Root is the repository root, found from this file's location.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Tool returns the path of an external program, looking in $CREDVM_TOOLS
+// (where `make` installs sops), the repository's .cache/bin, then $PATH.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	if p := LookTool(name); p != "" {
+		return p
+	}
+	Missing(t, name, "run `make tools` or install it on $PATH")
+	return ""
+}
+
+// LookTool is Tool without a test: "" when not found.
+func LookTool(name string) string {
+	dirs := []string{os.Getenv("CREDVM_TOOLS"), filepath.Join(Root(), ".cache", "bin")}
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		p := filepath.Join(d, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return ""
+}
+
+// Fixture returns the path of a shared fixture under ../shared/fixtures.
+func Fixture(t testing.TB, elem ...string) string {
+	t.Helper()
+	p := filepath.Join(append([]string{Root(), "..", "shared", "fixtures"}, elem...)...)
+	if _, err := os.Stat(p); err != nil {
+		Missing(t, "fixture "+filepath.Join(elem...), "the shared fixtures live in ../shared/fixtures next to the checkout")
+	}
+	return p
+}
