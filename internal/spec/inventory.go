@@ -1,0 +1,91 @@
+package spec
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+)
+
+// Inventory is the repository's inventory.toml: which machines exist
+// beyond their directories, and their tags.
+//
+//	[machines.app-vm-01]
+//	tags = ["app", "eu"]
+type Inventory struct {
+	Machines map[string]*InventoryMachine `toml:"machines" json:"machines"`
+}
+
+// InventoryMachine is one machine's inventory entry.
+type InventoryMachine struct {
+	Tags []string `toml:"tags" json:"tags"`
+}
+
+// LoadInventory reads an inventory file; a missing file is an empty
+// inventory.
+func LoadInventory(path string) (*Inventory, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &Inventory{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	inv := &Inventory{}
+	doc, err := decodeFile(path, data, inv)
+	if err != nil {
+		return nil, err
+	}
+	var ps Problems
+	for name, m := range inv.Machines {
+		key := "machines." + name
+		if err := CheckMachineName(name); err != nil {
+			ps = append(ps, doc.problem(key, "%v", err))
+		}
+		if m == nil {
+			inv.Machines[name] = &InventoryMachine{}
+			continue
+		}
+		for i, t := range m.Tags {
+			if !hostnameRe.MatchString(t) {
+				ps = append(ps, doc.problem(fmt.Sprintf("%s.tags[%d]", key, i), "invalid tag %q: letters, digits and '-'", t))
+			}
+		}
+	}
+	if len(ps) > 0 {
+		return nil, ps
+	}
+	return inv, nil
+}
+
+// Tagged returns the machines carrying tag, sorted.
+func (inv *Inventory) Tagged(tag string) []string {
+	var out []string
+	for name, m := range inv.Machines {
+		if slices.Contains(m.Tags, tag) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Settings is the repository's optional credvm.toml. It marks the
+// repository root; its keys are reserved for repository-wide settings.
+type Settings struct{}
+
+// LoadSettings reads credvm.toml strictly; a missing file is no settings.
+func LoadSettings(path string) (*Settings, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &Settings{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &Settings{}
+	if _, err := decodeFile(path, data, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}

@@ -1,0 +1,212 @@
+// Package spec loads and validates the files a user writes: a machine's
+// machine.toml (or machine.json, the same schema, for Nix and other
+// generators) and the repository's inventory.toml.
+//
+// Validation is strict and happens at load time, so that nothing later —
+// generating vars, planning a VM start — meets a half-valid machine: an
+// unknown key, a wrong type, an invalid name or an impossible combination is
+// an error naming the file, the line and the key, with what to write instead.
+// All problems of a file are reported together.
+//
+// The schema mirrors clan's `clan.core.vars.generators` where it overlaps
+// (files with secret/mode/owner/group/deploy, prompts, dependencies, share,
+// runtime_inputs, validation), so a clan user reads it without a manual.
+package spec
+
+import (
+	"time"
+)
+
+// Machine is one VM as declared in machines/<name>/machine.toml.
+type Machine struct {
+	// Name is the machine's directory name under machines/.
+	Name string `toml:"-" json:"-"`
+	// File is the path the machine was loaded from.
+	File string `toml:"-" json:"-"`
+
+	VM          VM                     `toml:"vm" json:"vm"`
+	Vars        Vars                   `toml:"vars" json:"vars"`
+	Credentials map[string]*Credential `toml:"credentials" json:"credentials"`
+}
+
+// Vars holds the machine's generators.
+type Vars struct {
+	Generators map[string]*Generator `toml:"generators" json:"generators"`
+}
+
+// Generator produces a set of files by running a script, like clan's
+// clan.core.vars.generators.<name>.
+type Generator struct {
+	Name string `toml:"-" json:"-"`
+
+	Script        string             `toml:"script" json:"script"`
+	RuntimeInputs []string           `toml:"runtime_inputs" json:"runtime_inputs"`
+	Dependencies  []string           `toml:"dependencies" json:"dependencies"`
+	Files         map[string]*File   `toml:"files" json:"files"`
+	Prompts       map[string]*Prompt `toml:"prompts" json:"prompts"`
+	Share         bool               `toml:"share" json:"share"`
+	// Validation is any value; when it changes, the generator is outdated.
+	// Its hash is stored as clan stores it (.validation-hash), so clan and
+	// credvm agree on what is outdated.
+	Validation any `toml:"validation" json:"validation"`
+	// Timeout bounds one run of the script ("30s", "5m"); default 5m.
+	Timeout string `toml:"timeout" json:"timeout"`
+
+	timeout time.Duration
+}
+
+// File is one output of a generator.
+type File struct {
+	Name string `toml:"-" json:"-"`
+
+	// Secret files are stored encrypted; public ones in plain text. Default true.
+	Secret *bool `toml:"secret" json:"secret"`
+	// Mode, Owner and Group apply where the file is deployed. Mode is an
+	// octal string; default "0400".
+	Mode  string `toml:"mode" json:"mode"`
+	Owner string `toml:"owner" json:"owner"`
+	Group string `toml:"group" json:"group"`
+	// Deploy false keeps the file from the machine: it is not encrypted to
+	// the machine's key and cannot be passed to the VM. Default true.
+	Deploy *bool `toml:"deploy" json:"deploy"`
+
+	mode uint32
+}
+
+// Prompt is a value asked of the user when the generator runs.
+type Prompt struct {
+	Name string `toml:"-" json:"-"`
+
+	// Type is "line" (default), "hidden" (not echoed) or "multiline".
+	Type        string `toml:"type" json:"type"`
+	Description string `toml:"description" json:"description"`
+}
+
+// Credential maps a systemd credential name to where its value comes from:
+// exactly one of Var ("generator/file"), Value (a public literal) or File
+// (a host path read at start).
+type Credential struct {
+	Name string `toml:"-" json:"-"`
+
+	Var   string `toml:"var" json:"var"`
+	Value string `toml:"value" json:"value"`
+	File  string `toml:"file" json:"file"`
+	// Binary forces the io.systemd.credential.binary form (base64) even
+	// when the value could travel as text.
+	Binary bool `toml:"binary" json:"binary"`
+}
+
+// VM is the hypervisor configuration. It is parsed and validated here;
+// the runner gives it meaning.
+type VM struct {
+	// Hypervisor is "qemu" (default), "cloud-hypervisor" or "firecracker".
+	Hypervisor string `toml:"hypervisor" json:"hypervisor"`
+	// Machine is QEMU's machine type: "q35" (default), "pc" or "microvm".
+	Machine string `toml:"machine" json:"machine"`
+	// Vcpu and Mem (MiB) default to 1 and 512.
+	Vcpu int `toml:"vcpu" json:"vcpu"`
+	Mem  int `toml:"mem" json:"mem"`
+	// Kernel, Initrd: paths, relative to the machine's directory unless
+	// absolute. Cmdline is the kernel command line (never a secret).
+	Kernel  string `toml:"kernel" json:"kernel"`
+	Initrd  string `toml:"initrd" json:"initrd"`
+	Cmdline string `toml:"cmdline" json:"cmdline"`
+	// Firmware is "bios" (SeaBIOS, default), "ovmf", or a path to a
+	// firmware image.
+	Firmware string `toml:"firmware" json:"firmware"`
+	// Accel is "auto" (KVM when it works, else TCG; default), "kvm" or "tcg".
+	Accel string `toml:"accel" json:"accel"`
+	// Transport chooses how credentials reach the guest: "auto" (default),
+	// "smbios" or "fw_cfg".
+	Transport string `toml:"transport" json:"transport"`
+	// GuestSystemd is the guest's systemd version, when known. systemd up to
+	// 252 imports only the first 4 KiB of the SMBIOS type-11 structure; a
+	// declared 253 or newer raises the budget to the table limit.
+	GuestSystemd int `toml:"guest_systemd" json:"guest_systemd"`
+	// VsockCID gives the guest a vsock device with this context ID (≥ 3).
+	VsockCID uint32 `toml:"vsock_cid" json:"vsock_cid"`
+
+	Disks      []Disk      `toml:"disks" json:"disks"`
+	Shares     []Share     `toml:"shares" json:"shares"`
+	Interfaces []Interface `toml:"interfaces" json:"interfaces"`
+
+	// CloudHypervisor holds settings only that backend reads.
+	CloudHypervisor CloudHypervisor `toml:"cloud_hypervisor" json:"cloud_hypervisor"`
+	// Firecracker holds settings only that backend reads.
+	Firecracker Firecracker `toml:"firecracker" json:"firecracker"`
+}
+
+// Disk is a block device.
+type Disk struct {
+	Image    string `toml:"image" json:"image"`
+	Format   string `toml:"format" json:"format"` // "raw" (default) or "qcow2"
+	ReadOnly bool   `toml:"read_only" json:"read_only"`
+}
+
+// Share is a host directory shared with the guest.
+type Share struct {
+	// Proto is "virtiofs" (default) or "9p".
+	Proto  string `toml:"proto" json:"proto"`
+	Source string `toml:"source" json:"source"`
+	Tag    string `toml:"tag" json:"tag"`
+	// Socket is virtiofsd's socket; default <state dir>/<tag>.sock.
+	Socket   string `toml:"socket" json:"socket"`
+	ReadOnly bool   `toml:"read_only" json:"read_only"`
+}
+
+// Interface is a network interface.
+type Interface struct {
+	// Type is "user" (QEMU's user-mode network) or "tap".
+	Type string `toml:"type" json:"type"`
+	// ID is the tap device name for "tap".
+	ID  string `toml:"id" json:"id"`
+	MAC string `toml:"mac" json:"mac"`
+}
+
+// CloudHypervisor is cloud-hypervisor specific configuration.
+type CloudHypervisor struct {
+	// OEMStringsOnArgv puts credentials on cloud-hypervisor's command line
+	// (--platform oem_strings=[…]) instead of its API socket. Every local
+	// user can read them there; off by default.
+	OEMStringsOnArgv bool `toml:"oem_strings_on_argv" json:"oem_strings_on_argv"`
+}
+
+// Firecracker is firecracker specific configuration.
+type Firecracker struct {
+	// SecretsOnCmdline allows secret credentials on the guest kernel command
+	// line, the only transport firecracker has; every guest process can read
+	// /proc/cmdline. Off by default.
+	SecretsOnCmdline bool `toml:"secrets_on_cmdline" json:"secrets_on_cmdline"`
+}
+
+// IsSecret reports whether the file is stored encrypted.
+func (f *File) IsSecret() bool { return f.Secret == nil || *f.Secret }
+
+// IsDeployed reports whether the file goes to the machine.
+func (f *File) IsDeployed() bool { return f.Deploy == nil || *f.Deploy }
+
+// FileMode is the parsed Mode.
+func (f *File) FileMode() uint32 { return f.mode }
+
+// RunTimeout is the parsed Timeout.
+func (g *Generator) RunTimeout() time.Duration { return g.timeout }
+
+// SortedFiles returns the generator's files in name order.
+func (g *Generator) SortedFiles() []*File {
+	return sortedValues(g.Files)
+}
+
+// SortedPrompts returns the generator's prompts in name order.
+func (g *Generator) SortedPrompts() []*Prompt {
+	return sortedValues(g.Prompts)
+}
+
+// SortedGenerators returns the machine's generators in name order.
+func (m *Machine) SortedGenerators() []*Generator {
+	return sortedValues(m.Vars.Generators)
+}
+
+// SortedCredentials returns the machine's credentials in name order.
+func (m *Machine) SortedCredentials() []*Credential {
+	return sortedValues(m.Credentials)
+}

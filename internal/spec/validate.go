@@ -1,0 +1,409 @@
+package spec
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/credvm/credvm/internal/cred"
+)
+
+// DefaultTimeout bounds a generator's script when it declares none.
+const DefaultTimeout = 5 * time.Minute
+
+var (
+	hostnameRe = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
+	// nameRe is for generator, file and prompt names: they become directory
+	// names in the vars tree, so no separators, no leading dot (our staging
+	// directories are dot-names), nothing a shell would trip on.
+	nameRe = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,127}$`)
+	macRe  = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
+	cmdRe  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
+	// userRe accepts what useradd accepts, or a numeric id.
+	userRe = regexp.MustCompile(`^[a-z_][a-z0-9_-]*[$]?$|^[0-9]+$`)
+)
+
+// CheckMachineName reports whether name can be a machine: a hostname label.
+func CheckMachineName(name string) error {
+	if !hostnameRe.MatchString(name) {
+		return fmt.Errorf("invalid machine name %q: use a hostname (letters, digits and '-', at most 63, not starting or ending with '-')", name)
+	}
+	return nil
+}
+
+// CheckName reports whether name can be a generator, file or prompt name.
+func CheckName(kind, name string) error {
+	if name == "." || name == ".." || !nameRe.MatchString(name) || strings.Contains(name, "..") {
+		return fmt.Errorf("invalid %s name %q: use letters, digits and _ . + @ - (no '/', no '..', not starting with '.', at most 128)", kind, name)
+	}
+	return nil
+}
+
+// SplitVar splits "generator/file".
+func SplitVar(ref string) (gen, file string, err error) {
+	gen, file, ok := strings.Cut(ref, "/")
+	if !ok || gen == "" || file == "" || strings.Contains(file, "/") {
+		return "", "", fmt.Errorf("%q is not of the form GENERATOR/FILE", ref)
+	}
+	return gen, file, nil
+}
+
+func oneOf(v string, allowed ...string) bool { return slices.Contains(allowed, v) }
+
+func quoteList(allowed ...string) string {
+	q := make([]string, len(allowed))
+	for i, a := range allowed {
+		q[i] = strconv.Quote(a)
+	}
+	return strings.Join(q, ", ")
+}
+
+func (m *Machine) validate(doc *document, dir string) Problems {
+	var ps Problems
+	add := func(key, format string, args ...any) {
+		ps = append(ps, doc.problem(key, format, args...))
+	}
+	if err := CheckMachineName(m.Name); err != nil {
+		ps = append(ps, &Problem{File: doc.file, Msg: err.Error() + " (rename the directory under machines/)"})
+	}
+	m.VM.validate(add, dir)
+
+	for name, g := range m.Vars.Generators {
+		key := "vars.generators." + name
+		if g == nil {
+			m.Vars.Generators[name] = &Generator{}
+			g = m.Vars.Generators[name]
+		}
+		g.Name = name
+		if err := CheckName("generator", name); err != nil {
+			add(key, "%v", err)
+		}
+		if strings.TrimSpace(g.Script) == "" {
+			add(key, "no script: a generator must write its files to $out")
+		}
+		if len(g.Files) == 0 {
+			add(key, "no files: declare each output under [%s.files.<name>]", key)
+		}
+		for fname, f := range g.Files {
+			fkey := key + ".files." + fname
+			if f == nil {
+				g.Files[fname] = &File{}
+				f = g.Files[fname]
+			}
+			f.Name = fname
+			if err := CheckName("file", fname); err != nil {
+				add(fkey, "%v", err)
+			}
+			f.mode = 0o400
+			if f.Mode != "" {
+				mode, err := strconv.ParseUint(f.Mode, 8, 32)
+				if err != nil || mode > 0o777 || !strings.HasPrefix(f.Mode, "0") {
+					add(fkey+".mode", "invalid mode %q: write an octal string such as \"0400\"", f.Mode)
+				} else {
+					f.mode = uint32(mode)
+				}
+			}
+			for _, who := range []struct{ k, v string }{{"owner", f.Owner}, {"group", f.Group}} {
+				if who.v != "" && !userRe.MatchString(who.v) {
+					add(fkey+"."+who.k, "invalid %s %q: a user or group name, or a number", who.k, who.v)
+				}
+			}
+		}
+		for pname, p := range g.Prompts {
+			pkey := key + ".prompts." + pname
+			if p == nil {
+				g.Prompts[pname] = &Prompt{}
+				p = g.Prompts[pname]
+			}
+			p.Name = pname
+			if err := CheckName("prompt", pname); err != nil {
+				add(pkey, "%v", err)
+			}
+			if p.Type == "" {
+				p.Type = "line"
+			}
+			if !oneOf(p.Type, "line", "hidden", "multiline") {
+				add(pkey+".type", "invalid prompt type %q: use one of %s", p.Type, quoteList("line", "hidden", "multiline"))
+			}
+		}
+		for i, d := range g.Dependencies {
+			dkey := fmt.Sprintf("%s.dependencies[%d]", key, i)
+			switch {
+			case d == name:
+				add(dkey, "generator %q depends on itself", name)
+			case m.Vars.Generators[d] == nil:
+				add(dkey, "unknown generator %q (declared generators: %s)", d, strings.Join(slices.Sorted(maps.Keys(m.Vars.Generators)), ", "))
+			}
+		}
+		for i, in := range g.RuntimeInputs {
+			if !cmdRe.MatchString(in) {
+				add(fmt.Sprintf("%s.runtime_inputs[%d]", key, i), "invalid runtime input %q: name a command or a Debian package, without a path", in)
+			}
+		}
+		g.timeout = DefaultTimeout
+		if g.Timeout != "" {
+			d, err := time.ParseDuration(g.Timeout)
+			if err != nil || d <= 0 {
+				add(key+".timeout", "invalid timeout %q: write a duration such as \"30s\" or \"5m\"", g.Timeout)
+			} else {
+				g.timeout = d
+			}
+		}
+	}
+	if cycle := m.dependencyCycle(); cycle != nil {
+		add("vars.generators."+cycle[0]+".dependencies", "dependency cycle: %s", strings.Join(cycle, " → "))
+	}
+
+	for name, c := range m.Credentials {
+		key := "credentials." + name
+		if c == nil {
+			m.Credentials[name] = &Credential{}
+			c = m.Credentials[name]
+		}
+		c.Name = name
+		if err := cred.CheckUserName(name); err != nil {
+			add(key, "%v", err)
+		}
+		n := 0
+		for _, s := range []string{c.Var, c.Value, c.File} {
+			if s != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			add(key, "give exactly one of var = \"GENERATOR/FILE\", value = \"literal\" or file = \"/host/path\"")
+			continue
+		}
+		switch {
+		case c.Var != "":
+			gen, file, err := SplitVar(c.Var)
+			if err != nil {
+				add(key+".var", "%v", err)
+				break
+			}
+			g := m.Vars.Generators[gen]
+			if g == nil {
+				add(key+".var", "no generator %q in this machine", gen)
+				break
+			}
+			f := g.Files[file]
+			if f == nil {
+				add(key+".var", "generator %q declares no file %q", gen, file)
+				break
+			}
+			if !f.IsDeployed() {
+				add(key+".var", "%s has deploy = false, so it is not for this machine", c.Var)
+			}
+		case c.File != "":
+			c.File = resolve(dir, c.File)
+		}
+	}
+	slices.SortFunc(ps, func(a, b *Problem) int { return a.Line - b.Line })
+	return ps
+}
+
+func (vm *VM) validate(add func(key, format string, args ...any), dir string) {
+	if vm.Hypervisor == "" {
+		vm.Hypervisor = "qemu"
+	}
+	if !oneOf(vm.Hypervisor, "qemu", "cloud-hypervisor", "firecracker") {
+		add("vm.hypervisor", "unknown hypervisor %q: use one of %s", vm.Hypervisor, quoteList("qemu", "cloud-hypervisor", "firecracker"))
+	}
+	if vm.Machine == "" && vm.Hypervisor == "qemu" {
+		vm.Machine = "q35"
+	}
+	if vm.Hypervisor == "qemu" && !oneOf(vm.Machine, "q35", "pc", "microvm") {
+		add("vm.machine", "unknown QEMU machine type %q: use one of %s", vm.Machine, quoteList("q35", "pc", "microvm"))
+	}
+	if vm.Hypervisor != "qemu" && vm.Machine != "" {
+		add("vm.machine", "machine types are QEMU's; %s has none", vm.Hypervisor)
+	}
+	if vm.Vcpu == 0 {
+		vm.Vcpu = 1
+	}
+	if vm.Vcpu < 1 || vm.Vcpu > 255 {
+		add("vm.vcpu", "vcpu must be between 1 and 255, not %d", vm.Vcpu)
+	}
+	if vm.Mem == 0 {
+		vm.Mem = 512
+	}
+	if vm.Mem < 32 {
+		add("vm.mem", "mem is in MiB and must be at least 32, not %d", vm.Mem)
+	}
+	if vm.Transport == "" {
+		vm.Transport = "auto"
+	}
+	if !oneOf(vm.Transport, "auto", "smbios", "fw_cfg") {
+		add("vm.transport", "unknown transport %q: use one of %s", vm.Transport, quoteList("auto", "smbios", "fw_cfg"))
+	}
+	if vm.Machine == "microvm" && vm.Transport == "smbios" {
+		add("vm.transport", "SMBIOS never reaches a QEMU microvm guest; use \"fw_cfg\" or \"auto\"")
+	}
+	if vm.Hypervisor != "qemu" && vm.Transport == "fw_cfg" {
+		add("vm.transport", "fw_cfg is a QEMU transport; %s cannot carry it", vm.Hypervisor)
+	}
+	if vm.Accel == "" {
+		vm.Accel = "auto"
+	}
+	if !oneOf(vm.Accel, "auto", "kvm", "tcg") {
+		add("vm.accel", "unknown accel %q: use one of %s", vm.Accel, quoteList("auto", "kvm", "tcg"))
+	}
+	if vm.GuestSystemd != 0 && (vm.GuestSystemd < 200 || vm.GuestSystemd > 999) {
+		add("vm.guest_systemd", "guest_systemd is a systemd version such as 252 or 257, not %d", vm.GuestSystemd)
+	}
+	if vm.VsockCID != 0 && vm.VsockCID < 3 {
+		add("vm.vsock_cid", "vsock_cid must be 3 or more (0–2 are reserved), not %d", vm.VsockCID)
+	}
+	if vm.Firmware == "" {
+		vm.Firmware = "bios"
+	}
+	if !oneOf(vm.Firmware, "bios", "ovmf") {
+		vm.Firmware = resolve(dir, vm.Firmware)
+	}
+	vm.Kernel = resolve(dir, vm.Kernel)
+	vm.Initrd = resolve(dir, vm.Initrd)
+	if vm.Initrd != "" && vm.Kernel == "" {
+		add("vm.initrd", "an initrd needs a kernel")
+	}
+	for i := range vm.Disks {
+		d := &vm.Disks[i]
+		key := fmt.Sprintf("vm.disks[%d]", i)
+		if d.Image == "" {
+			add(key, "a disk needs image = \"/path/to/image\"")
+		}
+		d.Image = resolve(dir, d.Image)
+		if d.Format == "" {
+			d.Format = "raw"
+		}
+		if !oneOf(d.Format, "raw", "qcow2") {
+			add(key+".format", "unknown disk format %q: use one of %s", d.Format, quoteList("raw", "qcow2"))
+		}
+	}
+	tags := map[string]bool{}
+	for i := range vm.Shares {
+		s := &vm.Shares[i]
+		key := fmt.Sprintf("vm.shares[%d]", i)
+		if s.Proto == "" {
+			s.Proto = "virtiofs"
+		}
+		if !oneOf(s.Proto, "virtiofs", "9p") {
+			add(key+".proto", "unknown share protocol %q: use one of %s", s.Proto, quoteList("virtiofs", "9p"))
+		}
+		if s.Source == "" {
+			add(key, "a share needs source = \"/host/dir\"")
+		}
+		s.Source = resolve(dir, s.Source)
+		s.Socket = resolve(dir, s.Socket)
+		if s.Tag == "" || len(s.Tag) > 31 || strings.ContainsAny(s.Tag, ", =") {
+			add(key+".tag", "a share needs a tag of 1–31 characters without ',', '=' or spaces (the guest mounts it by this tag)")
+		}
+		if tags[s.Tag] {
+			add(key+".tag", "tag %q is used by another share", s.Tag)
+		}
+		tags[s.Tag] = true
+	}
+	for i := range vm.Interfaces {
+		n := &vm.Interfaces[i]
+		key := fmt.Sprintf("vm.interfaces[%d]", i)
+		if !oneOf(n.Type, "user", "tap") {
+			add(key+".type", "unknown interface type %q: use one of %s", n.Type, quoteList("user", "tap"))
+		}
+		if n.Type == "tap" && (n.ID == "" || len(n.ID) > 15) {
+			add(key+".id", "a tap interface needs id = the tap device's name (at most 15 characters)")
+		}
+		if n.MAC != "" {
+			if _, err := net.ParseMAC(n.MAC); err != nil || !macRe.MatchString(n.MAC) {
+				add(key+".mac", "invalid MAC address %q: write six hex pairs such as \"02:00:00:00:00:01\"", n.MAC)
+			}
+		}
+	}
+	if vm.CloudHypervisor.OEMStringsOnArgv && vm.Hypervisor != "cloud-hypervisor" {
+		add("vm.cloud_hypervisor", "settings for cloud-hypervisor on a %s machine", vm.Hypervisor)
+	}
+	if vm.Firecracker.SecretsOnCmdline && vm.Hypervisor != "firecracker" {
+		add("vm.firecracker", "settings for firecracker on a %s machine", vm.Hypervisor)
+	}
+}
+
+// resolve makes p absolute against dir; "" stays "".
+func resolve(dir, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+// dependencyCycle returns one cycle among the generators' dependencies, as
+// the list of names with the first repeated at the end, or nil.
+func (m *Machine) dependencyCycle() []string {
+	const (
+		unvisited = iota
+		visiting
+		done
+	)
+	state := map[string]int{}
+	var stack []string
+	var visit func(string) []string
+	visit = func(n string) []string {
+		state[n] = visiting
+		stack = append(stack, n)
+		g := m.Vars.Generators[n]
+		deps := slices.Clone(g.Dependencies)
+		slices.Sort(deps)
+		for _, d := range deps {
+			if m.Vars.Generators[d] == nil || d == n {
+				continue
+			}
+			switch state[d] {
+			case visiting:
+				i := slices.Index(stack, d)
+				return append(slices.Clone(stack[i:]), d)
+			case unvisited:
+				if c := visit(d); c != nil {
+					return c
+				}
+			}
+		}
+		stack = stack[:len(stack)-1]
+		state[n] = done
+		return nil
+	}
+	for _, n := range slices.Sorted(maps.Keys(m.Vars.Generators)) {
+		if state[n] == unvisited {
+			if c := visit(n); c != nil {
+				return c
+			}
+		}
+	}
+	return nil
+}
+
+// GeneratorOrder returns the generators in dependency order (dependencies
+// first, ties by name). The machine must be valid.
+func (m *Machine) GeneratorOrder() []*Generator {
+	var out []*Generator
+	seen := map[string]bool{}
+	var visit func(string)
+	visit = func(n string) {
+		if seen[n] {
+			return
+		}
+		seen[n] = true
+		deps := slices.Clone(m.Vars.Generators[n].Dependencies)
+		slices.Sort(deps)
+		for _, d := range deps {
+			visit(d)
+		}
+		out = append(out, m.Vars.Generators[n])
+	}
+	for _, n := range slices.Sorted(maps.Keys(m.Vars.Generators)) {
+		visit(n)
+	}
+	return out
+}
