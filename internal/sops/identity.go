@@ -67,7 +67,7 @@ func (ids *Identities) Add(content []byte, source string) error {
 
 // LoadUserIdentities collects age identities the way sops does: the content
 // of $SOPS_AGE_KEY, the file $SOPS_AGE_KEY_FILE, and the default key file.
-// A missing default file is not an error; an unreadable or malformed one is.
+// A missing file is not an error; an unreadable or malformed one is.
 func LoadUserIdentities() (*Identities, error) {
 	ids := &Identities{}
 	if v := os.Getenv(EnvAgeKey); v != "" {
@@ -77,10 +77,12 @@ func LoadUserIdentities() (*Identities, error) {
 	}
 	if p := os.Getenv(EnvAgeKeyFile); p != "" {
 		b, err := os.ReadFile(p)
-		if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			// Not an error yet: `vars keygen` creates it, and commands
+			// that need a key say so, naming the fix.
+		} else if err != nil {
 			return nil, fmt.Errorf("$%s: %w", EnvAgeKeyFile, err)
-		}
-		if err := ids.Add(b, p); err != nil {
+		} else if err := ids.Add(b, p); err != nil {
 			return nil, err
 		}
 	}

@@ -1,0 +1,128 @@
+// Package cli is credvm's command line: one file per command group, each
+// turning flags into calls on the packages that do the work, and their
+// results into text (or JSON with --json) and exit codes.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/credvm/credvm/internal/repo"
+)
+
+// Version is set at build time (-ldflags "-X …cli.Version=…").
+var Version = "dev"
+
+// exitError carries an exit code other than 1, with a message that may
+// be empty when the command already printed its report.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+// globals are the flags every command shares.
+type globals struct {
+	repoPath string
+	verbose  bool
+	stdin    io.Reader
+	stdout   io.Writer
+	stderr   io.Writer
+}
+
+// Main runs credvm with os.Args and returns the exit code.
+func Main() int {
+	return Run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+}
+
+// Run runs credvm with args and the given standard streams.
+func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := newRoot(g)
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintf(stderr, "credvm: %s\n", ee.msg)
+		}
+		return ee.code
+	}
+	fmt.Fprintf(stderr, "credvm: %s\n", err)
+	return 1
+}
+
+func newRoot(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "credvm",
+		Short: "Imperative microVMs that own their secrets",
+		Long: `credvm runs imperative microVMs that own their secrets.
+
+Each VM declares generators for its secrets ("vars") in
+machines/<name>/machine.toml. credvm generates them, keeps them encrypted in
+the repository in clan's layout (sops + age), and at VM start hands them to
+the guest as systemd credentials — never on a command line, never in a
+world-readable file.
+
+The repository is found from the current directory upward (a directory
+holding credvm.toml or inventory.toml, or a clan directory with sops/ and
+vars/), or named with --repo or $CREDVM_REPO.`,
+		Version:       Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.repoPath, "repo", "", "repository root (default: $CREDVM_REPO, else found from the current directory upward)")
+	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "print more about what happens (never secret values)")
+	root.AddCommand(newVarsCmd(g))
+	return root
+}
+
+// openRepo opens the repository named by --repo, $CREDVM_REPO, or found
+// upward from the current directory.
+func (g *globals) openRepo() (*repo.Repo, error) {
+	switch {
+	case g.repoPath != "":
+		return repo.Open(g.repoPath)
+	case os.Getenv(repo.EnvRepo) != "":
+		return repo.Open(os.Getenv(repo.EnvRepo))
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	return repo.Find(wd)
+}
+
+// progress returns a writer for progress lines, on stderr.
+func (g *globals) progress() io.Writer { return g.stderr }
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, one)
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+func relPath(p string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return p
+	}
+	if rel, err := filepath.Rel(wd, p); err == nil && !strings.HasPrefix(rel, "..") {
+		return rel
+	}
+	return p
+}

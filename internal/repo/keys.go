@@ -1,0 +1,342 @@
+package repo
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"filippo.io/age"
+
+	"github.com/credvm/credvm/internal/atomicfile"
+	"github.com/credvm/credvm/internal/sops"
+)
+
+// keyEntry is one entry of a key.json file as clan writes it.
+type keyEntry struct {
+	PublicKey string `json:"publickey"`
+	Type      string `json:"type"`
+}
+
+// readKeyFile reads a key.json: a list of entries, or (older clan) one
+// object. Only age keys are returned; other types are reported.
+func readKeyFile(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var list []keyEntry
+	if err := json.Unmarshal(b, &list); err != nil {
+		var one keyEntry
+		if err2 := json.Unmarshal(b, &one); err2 != nil {
+			return nil, fmt.Errorf("%s: not a key file (want [{\"publickey\": \"age1…\", \"type\": \"age\"}]): %w", path, err)
+		}
+		list = []keyEntry{one}
+	}
+	var keys []string
+	for _, e := range list {
+		if e.Type != "" && e.Type != "age" {
+			return nil, fmt.Errorf("%s: key type %q is not supported (only age)", path, e.Type)
+		}
+		if _, err := age.ParseX25519Recipient(e.PublicKey); err != nil {
+			return nil, fmt.Errorf("%s: %q is not an age public key: %w", path, e.PublicKey, err)
+		}
+		keys = append(keys, e.PublicKey)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s: no keys", path)
+	}
+	return keys, nil
+}
+
+func writeKeyFile(path string, keys []string) error {
+	var list []keyEntry
+	for _, k := range keys {
+		list = append(list, keyEntry{PublicKey: k, Type: "age"})
+	}
+	b, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return atomicfile.Write(path, append(b, '\n'), 0o644)
+}
+
+// Users returns every user's public keys, by user name.
+func (r *Repo) Users() (map[string][]string, error) {
+	entries, err := os.ReadDir(r.Path("sops", "users"))
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string][]string{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	users := map[string][]string{}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		keys, err := readKeyFile(r.Path("sops", "users", e.Name(), "key.json"))
+		if err != nil {
+			return nil, fmt.Errorf("user %s: %w", e.Name(), err)
+		}
+		users[e.Name()] = keys
+	}
+	return users, nil
+}
+
+// UserFor returns the name of the registered user owning one of the given
+// public keys.
+func (r *Repo) UserFor(pubkeys []string) (string, error) {
+	users, err := r.Users()
+	if err != nil {
+		return "", err
+	}
+	for _, name := range sortedKeys(users) {
+		for _, k := range users[name] {
+			if slices.Contains(pubkeys, k) {
+				return name, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// AddUser registers a user's public key under sops/users/<name>/key.json,
+// keeping keys already there.
+func (r *Repo) AddUser(name, pubkey string) error {
+	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+		return fmt.Errorf("invalid user name %q", name)
+	}
+	path := r.Path("sops", "users", name, "key.json")
+	keys, err := readKeyFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if slices.Contains(keys, pubkey) {
+		return nil
+	}
+	return writeKeyFile(path, append(keys, pubkey))
+}
+
+// MachinePublicKey returns the machine's age public key, or "" when it has
+// none yet.
+func (r *Repo) MachinePublicKey(machine string) (string, error) {
+	keys, err := readKeyFile(r.Path("sops", "machines", machine, "key.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("machine %s: %w", machine, err)
+	}
+	return keys[0], nil
+}
+
+// machineKeySecret is where the machine's private key lives, encrypted.
+func (r *Repo) machineKeySecret(machine string) string {
+	return r.Path("sops", "secrets", machine+"-age.key")
+}
+
+// EnsureMachineKey returns the machine's public key, creating its key pair
+// on first need: the private key is stored sops-encrypted to every user,
+// with clan's users/<u> recipient links, and the public key in
+// sops/machines/<m>/key.json.
+func (r *Repo) EnsureMachineKey(machine string) (string, error) {
+	if pub, err := r.MachinePublicKey(machine); err != nil || pub != "" {
+		return pub, err
+	}
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		return "", err
+	}
+	users, err := r.Users()
+	if err != nil {
+		return "", err
+	}
+	if len(users) == 0 {
+		return "", errors.New("no users in sops/users: run `credvm vars keygen` first")
+	}
+	// The private key is written before the public one: a crash in between
+	// leaves an unused secret, never a public key nobody can decrypt to.
+	content := []byte("# created: machine key for " + machine + "\n# public key: " + id.Recipient().String() + "\n" + id.String() + "\n")
+	if err := r.WriteSecret(r.machineKeySecret(machine), content, nil, sortedKeys(users)); err != nil {
+		return "", fmt.Errorf("machine %s: store private key: %w", machine, err)
+	}
+	pub := id.Recipient().String()
+	if err := writeKeyFile(r.Path("sops", "machines", machine, "key.json"), []string{pub}); err != nil {
+		return "", fmt.Errorf("machine %s: %w", machine, err)
+	}
+	return pub, nil
+}
+
+// MachineIdentity decrypts the machine's private key with the user's
+// identities.
+func (r *Repo) MachineIdentity(machine string, user *sops.Identities) (*sops.Identities, error) {
+	p := filepath.Join(r.machineKeySecret(machine), "secret")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("machine %s: no private key (%s): %w", machine, r.Rel(p), err)
+	}
+	pt, err := sops.Decrypt(b, user.List)
+	if err != nil {
+		return nil, fmt.Errorf("machine %s: decrypt %s: %w", machine, r.Rel(p), err)
+	}
+	ids := &sops.Identities{}
+	if err := ids.Add(pt, r.Rel(p)); err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// Recipients returns the public keys a secret for these machines and users
+// must be encrypted to, sorted and without duplicates.
+func (r *Repo) Recipients(machines, users []string) ([]string, error) {
+	var keys []string
+	for _, m := range machines {
+		pub, err := r.MachinePublicKey(m)
+		if err != nil {
+			return nil, err
+		}
+		if pub == "" {
+			return nil, fmt.Errorf("machine %s has no key yet", m)
+		}
+		keys = append(keys, pub)
+	}
+	all, err := r.Users()
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range users {
+		k, ok := all[u]
+		if !ok {
+			return nil, fmt.Errorf("user %s: no sops/users/%s/key.json", u, u)
+		}
+		keys = append(keys, k...)
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys), nil
+}
+
+// WriteSecret writes dir/secret, the plaintext encrypted to the given
+// machines and users, and clan's recipient links dir/machines/<m> and
+// dir/users/<u>. The secret file is replaced atomically; links that no
+// longer apply are removed.
+func (r *Repo) WriteSecret(dir string, plaintext []byte, machines, users []string) error {
+	rcpts, err := r.Recipients(machines, users)
+	if err != nil {
+		return err
+	}
+	enc, err := sops.Encrypt(plaintext, rcpts)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, "secret"), enc, 0o644); err != nil {
+		return err
+	}
+	if err := r.link(dir, "machines", machines); err != nil {
+		return err
+	}
+	return r.link(dir, "users", users)
+}
+
+// link makes dir/<kind>/<name> a relative symlink to sops/<kind>/<name>
+// for each name, as clan's allow_member does, and removes the others.
+func (r *Repo) link(dir, kind string, names []string) error {
+	ldir := filepath.Join(dir, kind)
+	existing, err := os.ReadDir(ldir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	for _, e := range existing {
+		if !slices.Contains(names, e.Name()) {
+			if err := os.Remove(filepath.Join(ldir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	if len(names) == 0 {
+		os.Remove(ldir)
+		return nil
+	}
+	if err := os.MkdirAll(ldir, 0o755); err != nil {
+		return err
+	}
+	for _, n := range names {
+		target, err := filepath.Rel(ldir, r.Path("sops", kind, n))
+		if err != nil {
+			return err
+		}
+		lp := filepath.Join(ldir, n)
+		if cur, err := os.Readlink(lp); err == nil && cur == target {
+			continue
+		}
+		os.Remove(lp)
+		if err := os.Symlink(target, lp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LinkedNames lists the names under dir/<kind>/ (clan's recipient links).
+// Links are read by name; a copy of a clan repository that turned the
+// links into files (as some archivers do) reads the same.
+func LinkedNames(dir, kind string) []string {
+	entries, err := os.ReadDir(filepath.Join(dir, kind))
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// DecryptSecret reads dir/secret with the user's identities, or, when the
+// user is not a recipient, through the machine's key (which the user can
+// decrypt) — the two ways clan's own tools read a var.
+func (r *Repo) DecryptSecret(dir, machine string, user *sops.Identities) ([]byte, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "secret"))
+	if err != nil {
+		return nil, err
+	}
+	pt, err := sops.Decrypt(b, user.List)
+	if err == nil || !errors.Is(err, sops.ErrNoIdentity) || machine == "" {
+		return pt, err
+	}
+	mid, merr := r.MachineIdentity(machine, user)
+	if merr != nil {
+		return nil, err
+	}
+	return sops.Decrypt(b, mid.List)
+}
+
+// SameRecipients reports whether an encrypted file's recipients are exactly
+// want.
+func SameRecipients(content []byte, want []string) (bool, error) {
+	got, err := sops.Recipients(content)
+	if err != nil {
+		return false, err
+	}
+	slices.Sort(got)
+	return slices.Equal(slices.Compact(got), want), nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+

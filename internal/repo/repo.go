@@ -1,0 +1,178 @@
+// Package repo is the on-disk repository a user works in, laid out as clan
+// lays out a clan directory so that clan and credvm can share one:
+//
+//	credvm.toml or inventory.toml          marks the root (either is enough)
+//	machines/<m>/machine.toml              a machine (or machine.json)
+//	vars/per-machine/<m>/<gen>/<file>/     a machine's var: secret (sops) or value
+//	vars/shared/<gen>/<file>/              a shared generator's var
+//	sops/users/<u>/key.json                a user's age public key(s)
+//	sops/machines/<m>/key.json             a machine's age public key
+//	sops/secrets/<m>-age.key/secret        the machine's private key, sops-encrypted to the users
+//	.credvm/                               credvm's own lock and scratch space (git-ignored)
+//
+// The package knows where things live and who may read them (recipients);
+// what the vars mean is package vars's business.
+package repo
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/credvm/credvm/internal/spec"
+)
+
+// EnvRepo names the repository when --repo is not given.
+const EnvRepo = "CREDVM_REPO"
+
+// Repo is an opened repository.
+type Repo struct {
+	Root      string
+	Inventory *spec.Inventory
+}
+
+// ErrNotFound is returned by Find when no repository encloses the directory.
+var ErrNotFound = errors.New("no credvm repository here")
+
+// Find returns the repository enclosing dir: the nearest directory upward
+// that holds credvm.toml or inventory.toml, or both sops/ and vars/ (a
+// clan directory).
+func Find(dir string) (*Repo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	for d := abs; ; d = filepath.Dir(d) {
+		if isRoot(d) {
+			return Open(d)
+		}
+		if filepath.Dir(d) == d {
+			return nil, fmt.Errorf("%w: no credvm.toml or inventory.toml in %s or any parent (create one, or pass --repo or set $%s)", ErrNotFound, abs, EnvRepo)
+		}
+	}
+}
+
+func isRoot(d string) bool {
+	for _, f := range []string{"credvm.toml", "inventory.toml"} {
+		if fi, err := os.Stat(filepath.Join(d, f)); err == nil && fi.Mode().IsRegular() {
+			return true
+		}
+	}
+	return isDir(filepath.Join(d, "sops")) && isDir(filepath.Join(d, "vars"))
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+// Open opens the repository rooted at root, which must exist.
+func Open(root string) (*Repo, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, err
+	}
+	if !isDir(abs) {
+		return nil, fmt.Errorf("repository %s: not a directory", root)
+	}
+	if _, err := spec.LoadSettings(filepath.Join(abs, "credvm.toml")); err != nil {
+		return nil, err
+	}
+	inv, err := spec.LoadInventory(filepath.Join(abs, "inventory.toml"))
+	if err != nil {
+		return nil, err
+	}
+	return &Repo{Root: abs, Inventory: inv}, nil
+}
+
+// Path joins elements onto the root.
+func (r *Repo) Path(elem ...string) string {
+	return filepath.Join(append([]string{r.Root}, elem...)...)
+}
+
+// Rel returns p relative to the root, for messages.
+func (r *Repo) Rel(p string) string {
+	if rel, err := filepath.Rel(r.Root, p); err == nil && !strings.HasPrefix(rel, "..") {
+		return rel
+	}
+	return p
+}
+
+// MachineNames lists the machines: every machines/<m>/ with a machine file.
+func (r *Repo) MachineNames() ([]string, error) {
+	entries, err := os.ReadDir(r.Path("machines"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		for _, f := range spec.MachineFiles {
+			if _, err := os.Stat(r.Path("machines", e.Name(), f)); err == nil {
+				names = append(names, e.Name())
+				break
+			}
+		}
+	}
+	return names, nil
+}
+
+// Machine loads and validates a machine.
+func (r *Repo) Machine(name string) (*spec.Machine, error) {
+	if err := spec.CheckMachineName(name); err != nil {
+		return nil, err
+	}
+	dir := r.Path("machines", name)
+	if !isDir(dir) {
+		known, _ := r.MachineNames()
+		hint := "none yet"
+		if len(known) > 0 {
+			hint = strings.Join(known, ", ")
+		}
+		return nil, fmt.Errorf("machine %s: not found: no %s (machines in this repository: %s)", name, r.Rel(filepath.Join(dir, "machine.toml")), hint)
+	}
+	m, err := spec.LoadMachine(dir)
+	if err != nil {
+		return nil, err
+	}
+	m.File = r.Rel(m.File)
+	return m, nil
+}
+
+// Select resolves machine names and tags into a sorted list of machines.
+// No names and no tags select every machine.
+func (r *Repo) Select(names, tags []string) ([]string, error) {
+	all, err := r.MachineNames()
+	if err != nil {
+		return nil, err
+	}
+	if len(names) == 0 && len(tags) == 0 {
+		return all, nil
+	}
+	var out []string
+	for _, n := range names {
+		if !slices.Contains(all, n) {
+			if _, err := r.Machine(n); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, n)
+	}
+	for _, t := range tags {
+		tagged := r.Inventory.Tagged(t)
+		if len(tagged) == 0 {
+			return nil, fmt.Errorf("tag %q: no machine in inventory.toml carries it", t)
+		}
+		out = append(out, tagged...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}

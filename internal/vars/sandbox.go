@@ -1,0 +1,234 @@
+package vars
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+// Sandbox says how generator scripts are isolated.
+type Sandbox string
+
+const (
+	// SandboxAuto uses bubblewrap when installed (as clan does), else
+	// Linux namespaces.
+	SandboxAuto Sandbox = "auto"
+	// SandboxBwrap requires bubblewrap: no network, a read-only view of
+	// the system's /usr, nothing of the user's home or the repository.
+	SandboxBwrap Sandbox = "bwrap"
+	// SandboxNamespaces runs the script in fresh network, IPC and UTS
+	// namespaces: no network, but the host filesystem is visible.
+	SandboxNamespaces Sandbox = "namespaces"
+	// SandboxNone runs the script directly (--no-sandbox); it still gets
+	// a clean environment and the restricted PATH.
+	SandboxNone Sandbox = "none"
+)
+
+// baseCommands are on every script's PATH, besides its runtime inputs: a
+// shell and the few commands needed to write files at all.
+var baseCommands = []string{"bash", "sh", "cat", "mkdir", "chmod", "cp", "mv", "rm", "ln", "touch"}
+
+// resolveSandbox turns auto into what this machine offers.
+func resolveSandbox(s Sandbox) (Sandbox, string, error) {
+	switch s {
+	case SandboxAuto, "":
+		if p, err := exec.LookPath("bwrap"); err == nil {
+			return SandboxBwrap, p, nil
+		}
+		return SandboxNamespaces, "", nil
+	case SandboxBwrap:
+		p, err := exec.LookPath("bwrap")
+		if err != nil {
+			return "", "", errors.New("sandbox bwrap: bubblewrap is not installed (apt-get install bubblewrap, or use --sandbox=namespaces)")
+		}
+		return s, p, nil
+	case SandboxNamespaces, SandboxNone:
+		return s, "", nil
+	}
+	return "", "", fmt.Errorf("unknown sandbox %q: use auto, bwrap, namespaces or none", s)
+}
+
+// inputResolver maps runtime inputs to executables: a command on $PATH, or
+// else an installed Debian package's commands (so the clan-style
+// runtime_inputs = ["coreutils"] works).
+type inputResolver struct {
+	mu    sync.Mutex
+	cache map[string][]string
+}
+
+func (r *inputResolver) resolve(name string) ([]string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cache == nil {
+		r.cache = map[string][]string{}
+	}
+	if v, ok := r.cache[name]; ok {
+		return v, nil
+	}
+	var out []string
+	if p, err := exec.LookPath(name); err == nil {
+		out = []string{p}
+	} else if cmds := packageCommands(name); len(cmds) > 0 {
+		out = cmds
+	} else {
+		return nil, fmt.Errorf("runtime input %q: no such command on $PATH and no installed package of that name (install it, e.g. apt-get install %s)", name, name)
+	}
+	r.cache[name] = out
+	return out, nil
+}
+
+// packageCommands lists the executables an installed Debian package ships
+// in a bin directory.
+func packageCommands(pkg string) []string {
+	if _, err := exec.LookPath("dpkg-query"); err != nil {
+		return nil
+	}
+	out, err := exec.Command("dpkg-query", "-L", pkg).Output()
+	if err != nil {
+		return nil
+	}
+	var cmds []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		p := sc.Text()
+		switch filepath.Dir(p) {
+		case "/bin", "/usr/bin", "/sbin", "/usr/sbin":
+		default:
+			continue
+		}
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			cmds = append(cmds, p)
+		}
+	}
+	return cmds
+}
+
+// makeBinDir fills dir with links to the base commands and runtime inputs:
+// the script's whole PATH.
+func (r *inputResolver) makeBinDir(dir string, inputs []string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var paths []string
+	for _, c := range baseCommands {
+		if p, err := exec.LookPath(c); err == nil {
+			paths = append(paths, p)
+		}
+	}
+	for _, in := range inputs {
+		ps, err := r.resolve(in)
+		if err != nil {
+			return err
+		}
+		paths = append(paths, ps...)
+	}
+	for _, p := range paths {
+		link := filepath.Join(dir, filepath.Base(p))
+		if _, err := os.Lstat(link); err == nil {
+			continue
+		}
+		real, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			real = p
+		}
+		// Link to the command's name in its own directory when the real
+		// file is a multi-call binary (busybox, coreutils' single binary).
+		if filepath.Base(real) != filepath.Base(p) {
+			real = p
+		}
+		if err := os.Symlink(real, link); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scriptCmd builds the command that runs a generator's script.
+type scriptCmd struct {
+	sandbox Sandbox
+	bwrap   string
+	ws      *workspace
+	env     []string
+}
+
+func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
+	shell := []string{"bash", "-euo", "pipefail", s.ws.script}
+	var cmd *exec.Cmd
+	switch s.sandbox {
+	case SandboxBwrap:
+		args := []string{
+			"--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+			"--ro-bind", "/usr", "/usr",
+		}
+		for _, d := range []string{"/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"} {
+			// On merged-/usr systems these are symlinks into /usr.
+			if t, err := os.Readlink(d); err == nil {
+				args = append(args, "--symlink", t, d)
+			} else {
+				args = append(args, "--ro-bind-try", d, d)
+			}
+		}
+		for _, d := range []string{"/etc/alternatives", "/etc/ssl", "/etc/ld.so.cache", "/etc/localtime"} {
+			args = append(args, "--ro-bind-try", d, d)
+		}
+		args = append(args,
+			"--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+			"--ro-bind", s.ws.root, s.ws.root,
+			"--bind", s.ws.out, s.ws.out,
+			"--chdir", "/tmp",
+		)
+		for _, kv := range s.env {
+			k, v, _ := strings.Cut(kv, "=")
+			args = append(args, "--setenv", k, v)
+		}
+		args = append(args, "--")
+		args = append(args, shell...)
+		cmd = exec.CommandContext(ctx, s.bwrap, args...)
+		cmd.Env = []string{}
+	default:
+		bash, _ := exec.LookPath("bash")
+		cmd = exec.CommandContext(ctx, bash, shell[1:]...)
+		cmd.Env = s.env
+		cmd.Dir = s.ws.root
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if s.sandbox == SandboxNamespaces {
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
+		if os.Geteuid() != 0 {
+			cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+			cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: os.Geteuid(), HostID: os.Geteuid(), Size: 1}}
+			cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: os.Getegid(), HostID: os.Getegid(), Size: 1}}
+		}
+	}
+	// On timeout or cancellation kill the whole process group, not just
+	// the shell.
+	cmd.Cancel = func() error {
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	return cmd
+}
+
+// scrub replaces every occurrence of the given secrets in text, so a
+// failing script's output can be shown without the values it produced.
+func scrub(text string, secrets [][]byte) string {
+	slices.SortFunc(secrets, func(a, b []byte) int { return len(b) - len(a) })
+	for _, s := range secrets {
+		if len(bytes.TrimSpace(s)) < 4 {
+			continue
+		}
+		text = strings.ReplaceAll(text, string(s), "[redacted]")
+		if t := strings.TrimSpace(string(s)); t != string(s) {
+			text = strings.ReplaceAll(text, t, "[redacted]")
+		}
+	}
+	return text
+}

@@ -1,0 +1,133 @@
+package vars
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/credvm/credvm/internal/spec"
+)
+
+// Set stores value as one file of a generator, keeping the generator's
+// other files, in one transaction. The generator gets a new generation, so
+// generators depending on it become outdated.
+func (e *Engine) Set(m *spec.Machine, gen, file string, value []byte) error {
+	g := m.Vars.Generators[gen]
+	if g == nil {
+		return fmt.Errorf("vars %s/%s: no generator %q (see %s)", m.Name, gen, gen, m.File)
+	}
+	f := g.Files[file]
+	if f == nil {
+		return fmt.Errorf("vars %s/%s/%s: generator %s declares no file %q", m.Name, gen, file, gen, file)
+	}
+	l, err := e.Repo.Lock(func(msg string) { e.logf("%s", msg) })
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	if err := Recover(e.Repo); err != nil {
+		return err
+	}
+	users, err := e.recipientUsers()
+	if err != nil {
+		return err
+	}
+	machines := []string{m.Name}
+	if g.Share {
+		sm, err := e.sharedMachines()
+		if err != nil {
+			return err
+		}
+		machines = sm[g.Name]
+	}
+
+	target := e.GeneratorDir(m.Name, g)
+	t := newTxn(e.Repo)
+	staging, err := t.stage(target)
+	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		t.abort()
+		return fmt.Errorf("vars %s/%s/%s: %w", m.Name, gen, file, err)
+	}
+	// Copy the generator's directory but for this file and our metadata.
+	if err := copyTree(target, staging, func(rel string) bool {
+		return rel == file || rel == MetaFile || rel == markerFile
+	}); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fail(err)
+	}
+	r := &runner{e: e, users: users}
+	one := &spec.Generator{Name: g.Name, Files: map[string]*spec.File{file: f}}
+	meta, _ := readMeta(target)
+	if meta == nil {
+		meta = &Meta{Definition: g.DefinitionHash()}
+	}
+	meta.Generation = randomID()
+	if err := r.writeGenerator(staging, one, map[string][]byte{file: value}, meta, machines); err != nil {
+		return fail(err)
+	}
+	if err := t.commit(); err != nil {
+		return fail(err)
+	}
+	if !e.NoCommit && e.Repo.InGit() {
+		if err := e.Repo.Commit([]string{target, e.Repo.Path("sops")}, fmt.Sprintf("vars: set %s/%s/%s", m.Name, gen, file)); err != nil {
+			return fmt.Errorf("vars %s/%s/%s: stored, but the git commit failed: %w", m.Name, gen, file, err)
+		}
+	}
+	return nil
+}
+
+// copyTree copies dir src into the existing dir dst: files with their
+// modes, symlinks as symlinks. skip is asked about each top-level name.
+func copyTree(src, dst string, skip func(rel string) bool) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if rel == "." {
+			return nil
+		}
+		top, _, _ := cutSep(rel)
+		if skip(top) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		out := filepath.Join(dst, rel)
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			t, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(t, out)
+		case d.IsDir():
+			return os.MkdirAll(out, 0o755)
+		default:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(out, b, fi.Mode().Perm())
+		}
+	})
+}
+
+func cutSep(p string) (string, string, bool) {
+	for i := 0; i < len(p); i++ {
+		if p[i] == filepath.Separator {
+			return p[:i], p[i+1:], true
+		}
+	}
+	return p, "", false
+}
+
