@@ -130,4 +130,3 @@ func cutSep(p string) (string, string, bool) {
 	}
 	return p, "", false
 }
-
