@@ -140,6 +140,12 @@ func (r *Repo) Machine(name string) (*spec.Machine, error) {
 		return nil, fmt.Errorf("machine %s: not found: no %s (machines in this repository: %s)", name, r.Rel(filepath.Join(dir, "machine.toml")), hint)
 	}
 	m, err := spec.LoadMachine(dir)
+	var ps spec.Problems
+	if errors.As(err, &ps) {
+		for _, p := range ps {
+			p.File = r.Rel(p.File)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -36,7 +36,7 @@ func LoadInventory(path string) (*Inventory, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ps Problems
+	ps := doc.unknown
 	for name, m := range inv.Machines {
 		key := "machines." + name
 		if err := CheckMachineName(name); err != nil {
@@ -84,8 +84,12 @@ func LoadSettings(path string) (*Settings, error) {
 		return nil, err
 	}
 	s := &Settings{}
-	if _, err := decodeFile(path, data, s); err != nil {
+	doc, err := decodeFile(path, data, s)
+	if err != nil {
 		return nil, err
+	}
+	if len(doc.unknown) > 0 {
+		return nil, doc.unknown
 	}
 	return s, nil
 }

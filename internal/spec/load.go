@@ -53,6 +53,8 @@ func (ps Problems) Error() string {
 type document struct {
 	file  string
 	lines map[string]int
+	// unknown lists unknown keys: problems that do not stop validation.
+	unknown Problems
 }
 
 // line returns the line of key, or of its longest known prefix.
@@ -130,7 +132,13 @@ func decodeFile(path string, data []byte, v any) (*document, error) {
 				}
 				ps = append(ps, p)
 			}
-			return doc, ps
+			// Decode again without the strict check, so that validation
+			// can report the file's other problems in the same run.
+			if err := toml.NewDecoder(bytes.NewReader(tomlData)).Decode(v); err != nil {
+				return doc, ps
+			}
+			doc.unknown = ps
+			return doc, nil
 		case errors.As(err, &de):
 			key := strings.Join(de.Key(), ".")
 			p := doc.problem(key, "%s", typeMessage(de.Error()))

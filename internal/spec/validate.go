@@ -65,7 +65,7 @@ func quoteList(allowed ...string) string {
 }
 
 func (m *Machine) validate(doc *document, dir string) Problems {
-	var ps Problems
+	ps := doc.unknown
 	add := func(key, format string, args ...any) {
 		ps = append(ps, doc.problem(key, format, args...))
 	}
