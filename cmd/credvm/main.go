@@ -6,8 +6,13 @@ import (
 	"os"
 
 	"github.com/credvm/credvm/internal/cli"
+	"github.com/credvm/credvm/internal/guest"
 )
 
 func main() {
+	if guest.IsInit() {
+		// credvm is the whole userspace of a test guest (see guest.Init).
+		os.Exit(guest.Init())
+	}
 	os.Exit(cli.Main())
 }

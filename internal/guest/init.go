@@ -1,0 +1,71 @@
+package guest
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// IsInit reports whether this process is a guest's PID 1 started as /init
+// from an initramfs: the fast test guest, where credvm is the whole
+// userspace.
+func IsInit() bool {
+	return os.Getpid() == 1 && filepath.Base(os.Args[0]) == "init"
+}
+
+// Init is PID 1 of the fast guest: it mounts the kernel filesystems, loads
+// the modules shipped in /lib/modules (qemu_fw_cfg), reports and verifies
+// the credentials as systemd 252 would see them, and powers off. The
+// kernel command line option credvm.smbios=whole reads SMBIOS as newer
+// systemd does.
+func Init() int {
+	out := os.Stdout
+	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+		out = f
+	}
+	defer powerOff()
+	for _, m := range []struct{ src, dir, fs string }{
+		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
+	} {
+		os.MkdirAll(m.dir, 0o755)
+		if err := unix.Mount(m.src, m.dir, m.fs, 0, ""); err != nil && err != unix.EBUSY {
+			fmt.Fprintf(out, "%serror: mount %s: %v\n", ReportPrefix, m.dir, err)
+		}
+	}
+	mods, _ := filepath.Glob("/lib/modules/*.ko")
+	for _, mod := range mods {
+		f, err := os.Open(mod)
+		if err != nil {
+			continue
+		}
+		if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && err != unix.EEXIST {
+			fmt.Fprintf(out, "%serror: load %s: %v\n", ReportPrefix, filepath.Base(mod), err)
+		}
+		f.Close()
+	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	r := &Reader{Root: "/", SMBIOSSingleRead: !strings.Contains(string(cmdline), "credvm.smbios=whole")}
+	start := time.Now()
+	creds, err := r.Merged()
+	if err != nil {
+		fmt.Fprintf(out, "%serror: %v\n", ReportPrefix, err)
+		return 1
+	}
+	fmt.Fprintf(out, "%sread %d credentials in %s\n", ReportPrefix, len(creds), time.Since(start).Round(time.Microsecond))
+	ok := Report(out, creds)
+	fmt.Fprintf(out, "%sdone\n", ReportPrefix)
+	if !ok {
+		return 1
+	}
+	return 0
+}
+
+func powerOff() {
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	select {}
+}

@@ -1,0 +1,84 @@
+// Package vm runs credvm machines: it resolves a machine's credentials from
+// its vars, plans how they reach the guest, keeps the VM's state directory,
+// and drives the hypervisor.
+package vm
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/credvm/credvm/internal/cred"
+	"github.com/credvm/credvm/internal/sops"
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
+)
+
+// Credentials reads the values of a machine's [credentials] at start
+// time. Vars that are missing or outdated stop it before anything starts,
+// with the command that fixes them.
+//
+// Secrets are decrypted with machineKey when given (the machine's own age
+// identity, as a host service has it), else with the engine's user
+// identities — directly, or through the machine's key in the repository.
+func Credentials(e *vars.Engine, m *spec.Machine, machineKey *sops.Identities) ([]cred.Credential, error) {
+	status, err := e.Status(m)
+	if err != nil {
+		return nil, err
+	}
+	var bad []string
+	for _, g := range status {
+		if g.Status != vars.StatusOK {
+			bad = append(bad, fmt.Sprintf("%s is %s (%s)", g.Name, g.Status, g.Reason))
+		}
+	}
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("vm %s: vars not ready: %s: run 'credvm vars generate %s' first", m.Name, strings.Join(bad, "; "), m.Name)
+	}
+	reader := e
+	if machineKey != nil {
+		reader = &vars.Engine{Repo: e.Repo, User: machineKey}
+	}
+	var out []cred.Credential
+	for _, c := range m.SortedCredentials() {
+		cr := cred.Credential{Name: c.Name, ForceBinary: c.Binary}
+		switch {
+		case c.Var != "":
+			gen, file, _ := spec.SplitVar(c.Var)
+			g := m.Vars.Generators[gen]
+			v, err := reader.Get(m.Name, m, gen, file)
+			if err != nil {
+				return nil, fmt.Errorf("vm %s: credential %s: %w", m.Name, c.Name, err)
+			}
+			cr.Value, cr.Secret, cr.Source = v, g.Files[file].IsSecret(), "var "+c.Var
+		case c.File != "":
+			v, err := os.ReadFile(c.File)
+			if err != nil {
+				return nil, fmt.Errorf("vm %s: credential %s: %w (fix the path in %s)", m.Name, c.Name, err, m.File)
+			}
+			// A host file may hold anything; treat it as secret.
+			cr.Value, cr.Secret, cr.Source = v, true, "file "+c.File
+		default:
+			cr.Value, cr.Source = []byte(c.Value), "value"
+		}
+		out = append(out, cr)
+	}
+	return out, nil
+}
+
+// Plan decides how the credentials reach this machine's guest.
+func Plan(m *spec.Machine, creds []cred.Credential) (*cred.Plan, error) {
+	switch m.VM.Hypervisor {
+	case "qemu":
+		return cred.PlanQEMU(creds, cred.QEMUOptions{Machine: m.VM.Machine, Transport: m.VM.Transport, GuestSystemd: m.VM.GuestSystemd, VM: m.Name})
+	}
+	return nil, fmt.Errorf("vm %s: hypervisor %s is not supported yet", m.Name, m.VM.Hypervisor)
+}
+
+// wipe overwrites credential values in memory once they have been handed
+// on (best effort: the Go runtime may have copied them).
+func wipe(creds []cred.Credential) {
+	for i := range creds {
+		clear(creds[i].Value)
+	}
+}
