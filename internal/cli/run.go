@@ -155,7 +155,7 @@ never printed.`,
 				SHA256   string `json:"sha256"`
 			}
 			out := struct {
-				Machine     string `json:"machine"`
+				Machine string `json:"machine"`
 				*cred.Plan
 				Credentials []row `json:"credentials"`
 			}{Machine: m.Name, Plan: plan}
