@@ -86,7 +86,7 @@ vars/), or named with --repo or $CREDVM_REPO.`,
 	}
 	root.PersistentFlags().StringVar(&g.repoPath, "repo", "", "repository root (default: $CREDVM_REPO, else found from the current directory upward)")
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "print more about what happens (never secret values)")
-	root.AddCommand(newVarsCmd(g), newGuestCmd(g), newRunCmd(g), newCredsCmd(g))
+	root.AddCommand(newVarsCmd(g), newGuestCmd(g), newRunCmd(g), newCredsCmd(g), newDemoCmd(g))
 	return root
 }
 
