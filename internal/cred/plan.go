@@ -18,7 +18,10 @@ const (
 const (
 	// SMBIOSBudget252 is what systemd ≤ 252 reads of the type-11
 	// structure: one read() of the sysfs raw file, capped at 4,096 bytes
-	// by the kernel, header included (measured; DESIGN.md §3).
+	// by the kernel, header included (measured; DESIGN.md §3). Measured
+	// here too: a 4,096-byte structure arrives whole; at 4,097 only the
+	// final NUL of the string set is lost, which is harmless, so the
+	// budget errs by a byte on the safe side.
 	SMBIOSBudget252 = 4096
 	// SMBIOSBudgetTable is the budget for guests that read the whole
 	// structure: QEMU 7.2 refuses SMBIOS 2.1 tables over 65,535 bytes,
@@ -121,7 +124,7 @@ func PlanQEMU(creds []Credential, o QEMUOptions) (*Plan, error) {
 			if o.GuestSystemd < WholeSMBIOSSystemd && o.Machine != "microvm" {
 				hint += fmt.Sprintf(`, or guest_systemd = %d if the guest's systemd is that new`, WholeSMBIOSSystemd)
 			}
-			return nil, fmt.Errorf("vm %s: transport smbios is forced but %s; the guest would get cut or missing credentials, so it is not started: %s", o.VM, smbiosProblem, hint)
+			return nil, fmt.Errorf("vm %s: cannot use the forced transport smbios: %s; the guest would get cut or missing credentials, so it is not started: %s", o.VM, smbiosProblem, hint)
 		}
 		p.Transport, p.Why = SMBIOS, "forced by transport = \"smbios\""
 	case "fw_cfg":
