@@ -10,13 +10,14 @@ SOPS_VERSION := v3.13.3
 export CREDVM_TOOLS := $(TOOLS)
 export CREDVM_IMAGES := $(IMAGES)
 
-.PHONY: all build demo test test-short deps tools images bench fuzz clean vet
+.PHONY: all build demo test test-short deps tools images clean vet
 
 all: build
 
+# Static (CGO_ENABLED=0): the same binary runs on the host and, for
+# `credvm guest`, inside any guest.
 build:
-	$(GO) build -o $(BIN)/credvm ./cmd/credvm
-	CGO_ENABLED=0 $(GO) build -ldflags='-s -w' -o $(BIN)/credvm-static ./cmd/credvm
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/credvm ./cmd/credvm
 
 deps:
 	scripts/install-deps
@@ -28,8 +29,8 @@ $(TOOLS)/sops:
 
 # Guest images from Debian packages: a kernel (apt-get download), a fast
 # initramfs guest, and a systemd guest (debootstrap). Cached in .cache/images.
-images: build
-	scripts/build-images $(IMAGES) $(BIN)/credvm-static
+images: deps
+	scripts/build-images $(IMAGES)
 
 demo: deps build images
 	$(BIN)/credvm demo --images $(IMAGES)
@@ -40,7 +41,7 @@ vet:
 
 # Every test, including real guests under QEMU; nothing skips silently.
 test: deps tools images vet
-	CREDVM_TEST_STRICT=1 $(GO) test -count=1 -timeout 30m ./...
+	CREDVM_TEST_STRICT=1 $(GO) test -count=1 -timeout 40m ./...
 
 # Unit and CLI tests only, no guests.
 test-short:
