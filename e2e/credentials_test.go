@@ -138,7 +138,8 @@ func TestFortyCredentials(t *testing.T) {
 	}
 }
 
-// TestLargeCredential: 16 KiB goes by fw_cfg under auto and is refused,
+// TestLargeCredential: 16 KiB, and the largest credential systemd accepts
+// (1 MiB with the manifest), go by fw_cfg under auto; 16 KiB is refused,
 // before anything starts, when SMBIOS is forced.
 func TestLargeCredential(t *testing.T) {
 	needGuests(t)
@@ -156,6 +157,18 @@ func TestLargeCredential(t *testing.T) {
 	}
 	if !strings.Contains(b.stderr, "via fw_cfg") {
 		t.Errorf("want fw_cfg for 16 KiB:\n%s", b.stderr)
+	}
+
+	// The largest a credential can be: systemd takes 1 MiB for all of them
+	// together, the manifest included.
+	huge := bytes.Repeat([]byte{0, 1, 2, 3, 'h', 'u', 'g', 'e'}, (1<<20-256)/8)
+	ph := filepath.Join(r.dir, "huge")
+	os.WriteFile(ph, huge, 0o600)
+	r.machine("huge", vmSection("systemd")+"[credentials]\nAPI_KEY = { file = "+strconv.Quote(ph)+" }\n")
+	b = r.run("huge", huge[:64])
+	b.mustVerify(t)
+	if got := b.app["API_KEY"]; got.size != len(huge) || got.sha != sha(huge) {
+		t.Errorf("%d-byte credential: guest got %d bytes", len(huge), got.size)
 	}
 
 	r.machine("big-smbios", vmSection("systemd", `transport = "smbios"`)+"[credentials]\nAPI_KEY = { file = "+strconv.Quote(p)+" }\n")
@@ -230,25 +243,35 @@ func TestSMBIOSBudget(t *testing.T) {
 }
 
 // TestMicrovm: QEMU's microvm machine has no SMBIOS; credentials go by
-// fw_cfg, and more of them than its default file slots allow.
+// fw_cfg, and more of them than its default file slots allow — on the fast
+// guest and on systemd 252, whose LoadCredential= service sees them.
 func TestMicrovm(t *testing.T) {
 	needGuests(t)
-	t.Parallel()
-	r := newRepo(t)
-	var toml strings.Builder
-	toml.WriteString(vmSection("fast", `machine = "microvm"`))
-	toml.WriteString("[credentials]\n")
-	for i := range 30 {
-		fmt.Fprintf(&toml, "CRED_%02d = { value = \"v%02d\" }\n", i, i)
-	}
-	r.machine("micro", toml.String())
-	b := r.run("micro")
-	b.mustVerify(t)
-	if !strings.Contains(b.stderr, "30 credentials via fw_cfg (SMBIOS never reaches a QEMU microvm guest)") {
-		t.Errorf("microvm transport:\n%s", b.stderr)
-	}
-	if len(b.creds) != 31 {
-		t.Errorf("guest saw %d credentials, want 30 and the manifest", len(b.creds))
+	for _, guest := range []string{"fast", "systemd"} {
+		t.Run(guest, func(t *testing.T) {
+			t.Parallel()
+			r := newRepo(t)
+			var toml strings.Builder
+			toml.WriteString(vmSection(guest, `machine = "microvm"`))
+			toml.WriteString("[credentials]\nAPI_KEY = { value = \"over microvm\" }\n")
+			for i := range 29 {
+				fmt.Fprintf(&toml, "CRED_%02d = { value = \"v%02d\" }\n", i, i)
+			}
+			r.machine("micro", toml.String())
+			b := r.run("micro")
+			b.mustVerify(t)
+			if !strings.Contains(b.stderr, "30 credentials via fw_cfg (SMBIOS never reaches a QEMU microvm guest)") {
+				t.Errorf("microvm transport:\n%s", b.stderr)
+			}
+			if len(b.creds) != 31 {
+				t.Errorf("guest saw %d credentials, want 30 and the manifest", len(b.creds))
+			}
+			if guest == "systemd" {
+				if got := b.app["API_KEY"]; got.sha != sha([]byte("over microvm")) {
+					t.Errorf("app.service on microvm: %+v", got)
+				}
+			}
+		})
 	}
 }
 
