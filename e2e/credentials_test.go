@@ -234,6 +234,9 @@ func TestSMBIOSBudget(t *testing.T) {
 				if b.ok != tc.wantOK {
 					t.Errorf("%s (%d-byte structure): verify ok = %v, want %v\n%s", tc.name, len(tc.value), b.ok, tc.wantOK, grepLines(b.console, "credvm-guest:"))
 				}
+				if !tc.wantOK {
+					t.Logf("%s: %s", tc.name, grepLines(b.console, "credvm-guest: problem"))
+				}
 				if !tc.wantOK && !strings.Contains(b.console, "problem API_KEY: cut:") {
 					t.Errorf("%s: the guest did not name the cut credential:\n%s", tc.name, grepLines(b.console, "credvm-guest:"))
 				}
