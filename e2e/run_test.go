@@ -94,3 +94,41 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(l, "\n")
 }
+
+// TestDevices: the disks, 9p shares and network interfaces of [vm] reach
+// the guest as virtio devices (QEMU accepts the options credvm builds).
+func TestDevices(t *testing.T) {
+	needGuests(t)
+	t.Parallel()
+	r := newRepo(t)
+	disk, disk2 := filepath.Join(r.dir, "disk.img"), filepath.Join(r.dir, "disk2.img")
+	os.WriteFile(disk, make([]byte, 1<<20), 0o600)
+	os.WriteFile(disk2, make([]byte, 1<<20), 0o600)
+	share := filepath.Join(r.dir, "share")
+	os.Mkdir(share, 0o755)
+	toml := vmSection("fast") + `
+[[vm.disks]]
+image = "` + disk + `"
+[[vm.disks]]
+image = "` + disk2 + `"
+read_only = true
+[[vm.shares]]
+proto = "9p"
+source = "` + share + `"
+tag = "data"
+[[vm.interfaces]]
+type = "user"
+mac = "02:00:00:00:00:01"
+[credentials]
+A = { value = "a" }
+`
+	r.machine("devices", toml)
+	b := r.run("devices")
+	b.mustVerify(t)
+	// virtio PCI device IDs (transitional): 0x1000 net, 0x1001 block, 0x1009 9p.
+	for id, n := range map[string]int{"0x1000": 1, "0x1001": 2, "0x1009": 1} {
+		if got := strings.Count(b.console, "credvm-guest: device virtio "+id); got != n {
+			t.Errorf("virtio device %s: %d in the guest, want %d\n%s", id, got, n, grepLines(b.console, "device"))
+		}
+	}
+}

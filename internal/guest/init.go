@@ -56,6 +56,7 @@ func Init() int {
 		return 1
 	}
 	fmt.Fprintf(out, "%sread %d credentials in %s\n", ReportPrefix, len(creds), time.Since(start).Round(time.Microsecond))
+	reportDevices(out)
 	ok := Report(out, creds)
 	fmt.Fprintf(out, "%sdone\n", ReportPrefix)
 	if !ok {
@@ -68,4 +69,18 @@ func powerOff() {
 	unix.Sync()
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	select {}
+}
+
+// reportDevices lists the guest's virtio PCI devices (vendor 0x1af4), so
+// tests can see that the disks, shares and network interfaces of [vm]
+// reached the guest.
+func reportDevices(out *os.File) {
+	devs, _ := filepath.Glob("/sys/bus/pci/devices/*")
+	for _, d := range devs {
+		vendor, _ := os.ReadFile(filepath.Join(d, "vendor"))
+		device, _ := os.ReadFile(filepath.Join(d, "device"))
+		if strings.TrimSpace(string(vendor)) == "0x1af4" {
+			fmt.Fprintf(out, "%sdevice virtio %s\n", ReportPrefix, strings.TrimSpace(string(device)))
+		}
+	}
 }

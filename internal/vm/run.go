@@ -172,6 +172,7 @@ func Run(ctx context.Context, o RunOptions) (*Result, error) {
 		waitErr = shutdown(o.State.QMP(), cmd, done, o.ShutdownTimeout, notice)
 	}
 	copied.Wait()
+	os.Remove(o.State.QMP())
 
 	res := &Result{}
 	var ee *exec.ExitError
@@ -284,7 +285,9 @@ func (t *tail) Write(p []byte) (int, error) {
 	sc := bufio.NewScanner(strings.NewReader(t.part + string(p)))
 	t.part = ""
 	for sc.Scan() {
-		t.lines = append(t.lines, sc.Text())
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			t.lines = append(t.lines, l)
+		}
 	}
 	if len(t.lines) > 5 {
 		t.lines = t.lines[len(t.lines)-5:]
