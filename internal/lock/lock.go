@@ -1,12 +1,16 @@
 // Package lock serialises credvm processes on one resource (a repository's
-// vars, a VM's state) with flock(2). The lock dies with its holder, so a
-// crashed credvm never leaves a stale lock behind; the holder's pid is
-// written into the lock file so that the "busy" message can name it.
+// vars, a VM) with open-file-description locks (fcntl F_OFD_SETLK). The
+// lock dies with its holder, so a crashed credvm never leaves a stale lock
+// behind; the holder's pid is written into the lock file so that "busy"
+// messages can name it; and Held asks whether a lock is held without
+// taking it (F_OFD_GETLK), so that `credvm list` never gets in the way of
+// a concurrent `credvm start`.
 package lock
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +25,10 @@ type Lock struct{ f *os.File }
 // ErrBusy is returned when the lock stays held by another process.
 var ErrBusy = errors.New("busy")
 
+func flock(kind int16) *unix.Flock_t {
+	return &unix.Flock_t{Type: kind, Whence: io.SeekStart}
+}
+
 // Acquire takes an exclusive lock on path, waiting up to wait for another
 // holder to let go; notify (if not nil) is called once when it has to wait.
 // what names the resource in messages ("repository /r", "VM app-vm-01").
@@ -32,15 +40,18 @@ func Acquire(path, what string, wait time.Duration, notify func(msg string)) (*L
 	deadline := time.Now().Add(wait)
 	notified := false
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, flock(unix.F_WRLCK))
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
+		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
 			f.Close()
 			return nil, fmt.Errorf("lock %s: %w", what, err)
 		}
-		holder := readHolder(path)
+		holder := ""
+		if pid := Holder(path); pid > 0 {
+			holder = fmt.Sprintf(" (pid %d)", pid)
+		}
 		if time.Now().After(deadline) {
 			f.Close()
 			return nil, fmt.Errorf("%s is %w: another credvm%s holds its lock; try again when it has finished", what, ErrBusy, holder)
@@ -56,15 +67,29 @@ func Acquire(path, what string, wait time.Duration, notify func(msg string)) (*L
 	return &Lock{f: f}, nil
 }
 
-func readHolder(path string) string {
+// Held reports whether anyone — this process included — holds the lock on
+// path, without taking it.
+func Held(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	lk := flock(unix.F_WRLCK)
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, lk); err != nil {
+		return false
+	}
+	return lk.Type != unix.F_UNLCK
+}
+
+// Holder returns the pid the holder wrote into the lock file (0 if none).
+func Holder(path string) int {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return ""
+		return 0
 	}
-	if pid := strings.TrimSpace(string(b)); pid != "" {
-		return " (pid " + pid + ")"
-	}
-	return ""
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
 }
 
 // Release lets go of the lock.
@@ -73,7 +98,11 @@ func (l *Lock) Release() error {
 		return nil
 	}
 	l.f.Truncate(0)
-	err := l.f.Close() // closing the descriptor releases the flock
+	err := l.f.Close() // closing the description releases the lock
 	l.f = nil
 	return err
 }
+
+// File is the lock's open file, for a child process that must keep the
+// lock held after this process exits (the VM supervisor).
+func (l *Lock) File() *os.File { return l.f }
