@@ -31,15 +31,21 @@ func (e *exitError) Error() string { return e.msg }
 // globals are the flags every command shares.
 type globals struct {
 	repoPath string
+	stateDir string
 	verbose  bool
 	stdin    io.Reader
 	stdout   io.Writer
 	stderr   io.Writer
 }
 
-// Main runs credvm with os.Args and returns the exit code.
+// Main runs credvm with os.Args and returns the exit code. Called as
+// "microvm", it takes microvm.nix's flags.
 func Main() int {
-	return Run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	args := os.Args[1:]
+	if filepath.Base(os.Args[0]) == "microvm" {
+		args = append([]string{"microvm"}, args...)
+	}
+	return Run(args, os.Stdin, os.Stdout, os.Stderr)
 }
 
 // Run runs credvm with args and the given standard streams.
@@ -85,8 +91,11 @@ vars/), or named with --repo or $CREDVM_REPO.`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.repoPath, "repo", "", "repository root (default: $CREDVM_REPO, else found from the current directory upward)")
+	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", "", "root of the VMs' state directories (default $CREDVM_STATE_DIR, /var/lib/microvms as root, else ~/.local/state/credvm)")
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "print more about what happens (never secret values)")
-	root.AddCommand(newVarsCmd(g), newGuestCmd(g), newRunCmd(g), newCredsCmd(g), newDemoCmd(g))
+	root.AddCommand(newVarsCmd(g), newGuestCmd(g), newRunCmd(g), newCredsCmd(g), newDemoCmd(g),
+		newCreateCmd(g), newUpdateCmd(g), newDestroyCmd(g), newStartCmd(g), newStopCmd(g), newRestartCmd(g),
+		newStatusCmd(g), newListCmd(g), newLogsCmd(g), newMicrovmCmd(g), newSystemdCmd(g))
 	return root
 }
 

@@ -2,17 +2,24 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/cred"
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
 )
 
@@ -34,15 +41,20 @@ func machineKey(path string) (*sops.Identities, error) {
 
 func newRunCmd(g *globals) *cobra.Command {
 	var (
-		stateDir string
-		ageKey   string
-		timeout  time.Duration
-		quiet    bool
+		ageKey     string
+		timeout    time.Duration
+		quiet      bool
+		supervised bool
+		systemd    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run MACHINE",
 		Short: "Run a VM in the foreground with its credentials (Ctrl-C powers it off)",
 		Long: `Start the machine's hypervisor in the foreground.
+
+A VM created with ` + "`credvm create`" + ` runs its current configuration (the one of
+its last ` + "`credvm update`" + `) from its repository; otherwise the machine is read
+from the repository found from the current directory (or --repo).
 
 At start, credvm reads the machine's vars (refusing to start if any is
 missing or outdated), decrypts the secrets, and passes every credential of
@@ -53,53 +65,136 @@ files: nothing on its command line, in its environment or on disk.
 
 The serial console goes to the terminal and to console.log in the VM's
 state directory. Ctrl-C (or SIGTERM) asks the guest to power off, and tells
-QEMU to quit if the guest has not stopped within --shutdown-timeout.`,
+QEMU to quit if the guest has not stopped within --shutdown-timeout.
+
+With --systemd (the credvm@.service unit), credvm tells systemd the service
+is ready once QEMU runs, and reads the machine's own age key from the
+credential "age-key" ($CREDENTIALS_DIRECTORY/age-key) when the unit passes
+one (LoadCredentialEncrypted=age-key:…).`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: machineNameCompletion(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
+			var ready *os.File
+			if supervised {
+				ready = os.NewFile(vm.ReadyFD, "ready")
 			}
-			m, err := e.Repo.Machine(args[0])
-			if err != nil {
-				return err
+			report := func(line string) {
+				if ready != nil {
+					fmt.Fprintln(ready, line)
+					ready.Close()
+					ready = nil
+				}
 			}
-			mk, err := machineKey(ageKey)
-			if err != nil {
-				return err
+			err := g.run(args[0], runFlags{ageKey: ageKey, timeout: timeout, quiet: quiet || supervised, systemd: systemd}, report)
+			var re *vm.RunningError
+			switch {
+			case errors.As(err, &re):
+				report(fmt.Sprintf("running %d", re.PID))
+			case err != nil:
+				var ee *exitError
+				if !errors.As(err, &ee) {
+					report("error: " + strings.ReplaceAll(err.Error(), "\n", "; "))
+				}
 			}
-			creds, err := vm.Credentials(e, m, mk)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			o := vm.RunOptions{
-				Machine: m, Credentials: creds,
-				State:           vm.StateDir{Root: stateRoot(stateDir), Name: m.Name},
-				Notices:         g.stderr,
-				ShutdownTimeout: timeout,
-			}
-			if !quiet {
-				o.Console = g.stdout
-			}
-			res, err := vm.Run(ctx, o)
-			if err != nil {
-				return err
-			}
-			if res.ExitCode != 0 {
-				return &exitError{code: res.ExitCode}
-			}
-			return nil
+			return err
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&stateDir, "state-dir", "", "root of the VMs' state directories (default $CREDVM_STATE_DIR, /var/lib/microvms as root, else ~/.local/state/credvm)")
 	f.StringVar(&ageKey, "age-key", "", "the machine's own age key file, to decrypt its vars without a user key")
 	f.DurationVar(&timeout, "shutdown-timeout", 30*time.Second, "how long the guest gets to power off before QEMU is told to quit")
 	f.BoolVarP(&quiet, "quiet", "q", false, "do not copy the console to the terminal (it still goes to console.log)")
+	f.BoolVar(&supervised, "supervised", false, "run as the supervisor of `credvm start` (internal)")
+	f.BoolVar(&systemd, "systemd", false, "run under systemd: sd_notify readiness, machine key from $CREDENTIALS_DIRECTORY")
+	f.MarkHidden("supervised")
 	return cmd
+}
+
+type runFlags struct {
+	ageKey  string
+	timeout time.Duration
+	quiet   bool
+	systemd bool
+}
+
+func (g *globals) run(name string, fl runFlags, report func(string)) error {
+	s := g.state(name)
+	var (
+		r       *repo.Repo
+		m       *spec.Machine
+		cfgHash string
+		err     error
+	)
+	if s.Exists() {
+		reg, err := s.Registration()
+		if err != nil {
+			return err
+		}
+		if r, err = repo.Open(reg.Repo); err != nil {
+			return fmt.Errorf("vm %s: %w", name, err)
+		}
+		if m, err = reg.Machine(); err != nil {
+			return err
+		}
+		cfgHash = reg.Current.Hash
+	} else {
+		if r, err = g.openRepo(); err != nil {
+			return err
+		}
+		if m, err = r.Machine(name); err != nil {
+			return err
+		}
+		cfgHash = vm.ConfigHash(m)
+	}
+	ids, err := sops.LoadUserIdentities()
+	if err != nil {
+		return fmt.Errorf("reading your age key: %w", err)
+	}
+	e := &vars.Engine{Repo: r, User: ids}
+	keyFile := fl.ageKey
+	if fl.systemd && keyFile == "" {
+		if d := os.Getenv("CREDENTIALS_DIRECTORY"); d != "" {
+			if _, err := os.Stat(filepath.Join(d, "age-key")); err == nil {
+				keyFile = filepath.Join(d, "age-key")
+			}
+		}
+	}
+	mk, err := machineKey(keyFile)
+	if err != nil {
+		return err
+	}
+	creds, err := vm.Credentials(e, m, mk)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	o := vm.RunOptions{
+		Machine: m, Credentials: creds, State: s,
+		Notices:         g.stderr,
+		ShutdownTimeout: fl.timeout,
+		ConfigHash:      cfgHash,
+		VarsHash:        vm.VarsHash(e, m),
+		Started: func(pid int) {
+			report(fmt.Sprintf("started %d", pid))
+			if fl.systemd {
+				daemon.SdNotify(false, fmt.Sprintf("READY=1\nMAINPID=%d\nSTATUS=QEMU running (pid %d)", os.Getpid(), pid))
+			}
+		},
+	}
+	if !fl.quiet {
+		o.Console = g.stdout
+	}
+	res, err := vm.Run(ctx, o)
+	if err != nil {
+		return err
+	}
+	if fl.systemd {
+		daemon.SdNotify(false, "STOPPING=1")
+	}
+	if res.ExitCode != 0 {
+		return &exitError{code: res.ExitCode}
+	}
+	return nil
 }
 
 func stateRoot(flag string) string {

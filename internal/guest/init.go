@@ -19,9 +19,9 @@ func IsInit() bool {
 
 // Init is PID 1 of the fast guest: it mounts the kernel filesystems, loads
 // the modules shipped in /lib/modules (qemu_fw_cfg), reports and verifies
-// the credentials as systemd 252 would see them, and powers off. The
-// kernel command line option credvm.smbios=whole reads SMBIOS as newer
-// systemd does.
+// the credentials as systemd 252 would see them, and powers off. On the
+// kernel command line, credvm.smbios=whole reads SMBIOS as newer systemd
+// does, and credvm.idle keeps the guest up after its report.
 func Init() int {
 	out := os.Stdout
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
@@ -59,6 +59,13 @@ func Init() int {
 	reportDevices(out)
 	ok := Report(out, creds)
 	fmt.Fprintf(out, "%sdone\n", ReportPrefix)
+	if strings.Contains(string(cmdline), "credvm.idle") {
+		// Stay up until the host stops the VM (tests of the lifecycle).
+		fmt.Fprintf(out, "%sidle\n", ReportPrefix)
+		for {
+			time.Sleep(time.Hour) // (a bare select{} is a deadlock to Go's runtime)
+		}
+	}
 	if !ok {
 		return 1
 	}
@@ -68,7 +75,9 @@ func Init() int {
 func powerOff() {
 	unix.Sync()
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	select {}
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 // reportDevices lists the guest's virtio PCI devices (vendor 0x1af4), so

@@ -2,18 +2,21 @@ package vm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/credvm/credvm/internal/cred"
 	"github.com/credvm/credvm/internal/hypervisor/qemu"
@@ -35,6 +38,19 @@ type RunOptions struct {
 	ShutdownTimeout time.Duration
 	// Started, if set, is called with QEMU's pid once it runs.
 	Started func(pid int)
+	// ConfigHash and VarsHash are recorded in run.json as what the VM
+	// booted with.
+	ConfigHash, VarsHash string
+}
+
+// RunningError says the VM already runs.
+type RunningError struct {
+	Name string
+	PID  int
+}
+
+func (e *RunningError) Error() string {
+	return fmt.Sprintf("vm %s is already running (pid %d)", e.Name, e.PID)
 }
 
 // Result is how a run ended.
@@ -67,15 +83,19 @@ func Run(ctx context.Context, o RunOptions) (*Result, error) {
 	if err := qemu.SocketPathOK(o.State.QMP()); err != nil {
 		return nil, fmt.Errorf("vm %s: %w", m.Name, err)
 	}
-	l, err := lock.Acquire(o.State.File("lock"), "VM "+m.Name, 0, nil)
+	l, err := lock.Acquire(o.State.RunLock(), "VM "+m.Name, 0, nil)
 	if err != nil {
 		if errors.Is(err, lock.ErrBusy) {
-			return nil, fmt.Errorf("vm %s is already running: %w", m.Name, err)
+			return nil, &RunningError{m.Name, lock.Holder(o.State.RunLock())}
 		}
 		return nil, err
 	}
 	defer l.Release()
+	if err := checkLeftover(o.State, m.Name); err != nil {
+		return nil, err
+	}
 	os.Remove(o.State.QMP()) // a stale socket from a crash
+	o.State.rotateConsole()
 
 	accel, err := qemu.ChooseAccel(m.VM.Accel)
 	if err != nil {
@@ -147,17 +167,23 @@ func Run(ctx context.Context, o RunOptions) (*Result, error) {
 	consoleW.Close()
 	closeAll() // QEMU holds its own copies
 	notice("QEMU started (pid %d); console log %s; Ctrl-C powers the guest off", cmd.Process.Pid, o.State.Console())
+	rec := &RunRecord{State: RunRunning, Supervisor: os.Getpid(), QEMU: cmd.Process.Pid, Started: time.Now().UTC(),
+		ConfigHash: o.ConfigHash, VarsHash: o.VarsHash, Transport: string(plan.Transport), ShutdownTimeout: o.ShutdownTimeout}
+	if err := o.State.SaveRunRecord(rec); err != nil {
+		notice("cannot record the run: %v", err)
+	}
 	if o.Started != nil {
 		o.Started(cmd.Process.Pid)
 	}
 
+	lastLines := &tail{keep: 20}
 	var copied sync.WaitGroup
 	copied.Add(1)
 	go func() {
 		defer copied.Done()
-		var w io.Writer = logFile
+		w := io.MultiWriter(logFile, lastLines)
 		if o.Console != nil {
-			w = io.MultiWriter(logFile, o.Console)
+			w = io.MultiWriter(logFile, lastLines, o.Console)
 		}
 		io.Copy(w, consoleR)
 	}()
@@ -180,21 +206,26 @@ func Run(ctx context.Context, o RunOptions) (*Result, error) {
 	case waitErr == nil:
 	case errors.As(waitErr, &ee):
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			res.ExitCode, res.Signal = 128+int(ws.Signal()), ws.Signal().String()
+			res.ExitCode, res.Signal = 128+int(ws.Signal()), unix.SignalName(ws.Signal())
 		} else {
 			res.ExitCode = ee.ExitCode()
 		}
 	default:
 		return nil, waitErr
 	}
+	rec.Ended, rec.ExitCode, rec.Signal, rec.State = time.Now().UTC(), res.ExitCode, res.Signal, RunExited
 	if res.ExitCode != 0 {
 		msg := stderr.String()
 		if msg != "" {
 			msg = ": " + msg
 		}
 		notice("QEMU exited with status %d%s", res.ExitCode, msg)
+		rec.State, rec.Error, rec.LastConsole = RunFailed, strings.TrimPrefix(msg, ": "), lastLines.Lines()
 	} else {
 		notice("QEMU exited")
+	}
+	if err := o.State.SaveRunRecord(rec); err != nil {
+		notice("cannot record the run's end: %v", err)
 	}
 	return res, nil
 }
@@ -272,9 +303,11 @@ func minimalEnv() []string {
 	return env
 }
 
-// tail keeps QEMU's last lines of output for error messages.
+// tail keeps the last lines written to it (5 unless keep says more): QEMU's
+// messages for errors, the console's last lines for a failed run.
 type tail struct {
 	mu    sync.Mutex
+	keep  int
 	lines []string
 	part  string
 }
@@ -282,21 +315,53 @@ type tail struct {
 func (t *tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	sc := bufio.NewScanner(strings.NewReader(t.part + string(p)))
-	t.part = ""
+	text := t.part + string(p)
+	i := strings.LastIndexByte(text, '\n')
+	t.part = text[i+1:]
+	sc := bufio.NewScanner(strings.NewReader(text[:i+1]))
 	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
+		if l := strings.TrimSpace(stripANSI(sc.Text())); l != "" {
 			t.lines = append(t.lines, l)
 		}
 	}
-	if len(t.lines) > 5 {
-		t.lines = t.lines[len(t.lines)-5:]
+	keep := max(t.keep, 5)
+	if len(t.lines) > keep {
+		t.lines = t.lines[len(t.lines)-keep:]
 	}
 	return len(p), nil
+}
+
+// Lines returns the kept lines.
+func (t *tail) Lines() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]string(nil), t.lines...)
+}
+
+var ansiRe = regexp.MustCompile(`\x1b\[[0-9;?]*[a-zA-Z]|\x1bc`)
+
+func stripANSI(s string) string { return ansiRe.ReplaceAllString(s, "") }
+
+// checkLeftover refuses to start a second QEMU while one from an earlier
+// run of this VM survived its supervisor.
+func checkLeftover(s StateDir, name string) error {
+	rec, err := s.RunRecord()
+	if err != nil || rec == nil || rec.QEMU == 0 || rec.State != RunRunning {
+		return nil
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.QEMU))
+	if err == nil && bytes.Contains(cmdline, []byte("\x00-name\x00"+name+",")) {
+		return fmt.Errorf("vm %s: QEMU from an earlier run is still alive (pid %d) without its credvm; stop it first (kill %d)", name, rec.QEMU, rec.QEMU)
+	}
+	return nil
 }
 
 func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return strings.Join(t.lines, " / ")
+	lines := t.lines
+	if p := strings.TrimSpace(t.part); p != "" {
+		lines = append(lines[:len(lines):len(lines)], p)
+	}
+	return strings.Join(lines, " / ")
 }

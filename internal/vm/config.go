@@ -1,0 +1,172 @@
+package vm
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
+)
+
+// resolved is what a VM's configuration hash covers: the whole [vm] table
+// with paths made absolute, the credential mapping, each generator's
+// definition, and the identity (size, mtime) of every file the VM boots
+// from — so a rebuilt kernel at the same path makes the VM outdated too.
+// microvm.nix compares only the guest's store path and misses runner-only
+// changes; this covers them.
+type resolved struct {
+	VM          spec.VM                     `json:"vm"`
+	Credentials map[string]*spec.Credential `json:"credentials"`
+	Generators  map[string]string           `json:"generators"`
+	Files       map[string]string           `json:"files"`
+}
+
+func resolve(m *spec.Machine) resolved {
+	r := resolved{VM: m.VM, Credentials: m.Credentials, Generators: map[string]string{}, Files: map[string]string{}}
+	for name, g := range m.Vars.Generators {
+		r.Generators[name] = g.DefinitionHash()
+	}
+	paths := []string{m.VM.Kernel, m.VM.Initrd}
+	if m.VM.Firmware != "bios" && m.VM.Firmware != "ovmf" {
+		paths = append(paths, m.VM.Firmware)
+	}
+	for _, d := range m.VM.Disks {
+		paths = append(paths, d.Image)
+	}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if fi, err := os.Stat(p); err == nil {
+			r.Files[p] = fmt.Sprintf("%d bytes, modified %s", fi.Size(), fi.ModTime().UTC().Format(time.RFC3339Nano))
+		} else {
+			r.Files[p] = "missing"
+		}
+	}
+	return r
+}
+
+// ConfigHash is the hash of a machine's resolved configuration.
+func ConfigHash(m *spec.Machine) string {
+	b, _ := json.Marshal(resolve(m))
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// Diff lists what changed between two configurations, one line each, like
+// microvm's closure diff: "vm.mem: 512 → 1024".
+func Diff(old, new *spec.Machine) []string {
+	a, b := flatten(resolve(old)), flatten(resolve(new))
+	var keys []string
+	for k := range a {
+		keys = append(keys, k)
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	var out []string
+	for _, k := range keys {
+		va, inA := a[k]
+		vb, inB := b[k]
+		switch {
+		case !inA:
+			out = append(out, fmt.Sprintf("+ %s: %s", k, vb))
+		case !inB:
+			out = append(out, fmt.Sprintf("- %s: %s", k, va))
+		case va != vb:
+			out = append(out, fmt.Sprintf("~ %s: %s → %s", k, va, vb))
+		}
+	}
+	return out
+}
+
+func flatten(r resolved) map[string]string {
+	var v any
+	b, _ := json.Marshal(r)
+	json.Unmarshal(b, &v)
+	out := map[string]string{}
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				key := k
+				if prefix != "" {
+					key = prefix + "." + k
+				}
+				walk(key, x)
+			}
+		case []any:
+			for i, x := range v {
+				walk(fmt.Sprintf("%s[%d]", prefix, i), x)
+			}
+		default:
+			s, _ := json.Marshal(v)
+			if string(s) == `""` || string(s) == "false" || string(s) == "0" || string(s) == "null" {
+				return // defaults read as absent
+			}
+			out[strings.TrimPrefix(prefix, ".")] = string(s)
+		}
+	}
+	walk("", v)
+	return out
+}
+
+// VarsHash identifies the values a VM's credentials would carry now,
+// without decrypting anything: for a var, its generator's generation (or,
+// for vars without credvm's metadata, the stored file's bytes); for a host
+// file, its content. It changes when a secret is rotated.
+func VarsHash(e *vars.Engine, m *spec.Machine) string {
+	h := sha256.New()
+	for _, c := range m.SortedCredentials() {
+		fmt.Fprintf(h, "%s\x00", c.Name)
+		switch {
+		case c.Var != "":
+			gen, file, _ := spec.SplitVar(c.Var)
+			g := m.Vars.Generators[gen]
+			dir := e.GeneratorDir(m.Name, g)
+			if meta, err := os.ReadFile(filepath.Join(dir, vars.MetaFile)); err == nil {
+				var md vars.Meta
+				if json.Unmarshal(meta, &md) == nil && md.Generation != "" {
+					fmt.Fprintf(h, "gen %s\x00", md.Generation)
+					continue
+				}
+			}
+			for _, leaf := range []string{"secret", "value"} {
+				if b, err := os.ReadFile(filepath.Join(dir, file, leaf)); err == nil {
+					h.Write(b)
+				}
+			}
+		case c.File != "":
+			b, _ := os.ReadFile(c.File)
+			sum := sha256.Sum256(b)
+			h.Write(sum[:])
+		}
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Machine parses the VM's current generation of its machine file.
+func (r *Registration) Machine() (*spec.Machine, error) {
+	return spec.ParseMachine(r.Current.File, r.Name, []byte(r.Current.Content))
+}
+
+// NewConfig reads a machine's file for a registration.
+func NewConfig(m *spec.Machine, absFile string) (Config, error) {
+	b, err := os.ReadFile(absFile)
+	if err != nil {
+		return Config{}, err
+	}
+	return Config{File: absFile, Content: string(b), Hash: ConfigHash(m), Updated: time.Now().UTC()}, nil
+}

@@ -1,0 +1,169 @@
+package vm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/credvm/credvm/internal/atomicfile"
+	"github.com/credvm/credvm/internal/lock"
+)
+
+// Registration is vm.json: the VM as created and last updated. It holds
+// the machine file as it was at the last `update` — the VM's current
+// generation — so that editing the repository changes nothing until the
+// user applies it, as with microvm.nix. No secret is in it: machine files
+// hold none.
+type Registration struct {
+	Name    string    `json:"name"`
+	Repo    string    `json:"repository"`
+	Created time.Time `json:"created"`
+	Current Config    `json:"current"`
+}
+
+// Config is one generation of a VM's configuration.
+type Config struct {
+	// File is the machine file's path (relative paths in it resolve
+	// against its directory); Content is its text at the time.
+	File    string    `json:"file"`
+	Content string    `json:"content"`
+	Hash    string    `json:"hash"`
+	Updated time.Time `json:"updated"`
+}
+
+// RunRecord is run.json: the VM's current or last run, kept by the
+// process that runs it.
+type RunRecord struct {
+	State      string    `json:"state"` // running, exited, failed
+	Supervisor int       `json:"supervisor_pid"`
+	QEMU       int       `json:"qemu_pid,omitempty"`
+	Started    time.Time `json:"started"`
+	Ended      time.Time `json:"ended,omitempty"`
+	ExitCode   int       `json:"exit_code,omitempty"`
+	Signal     string    `json:"signal,omitempty"`
+	// ConfigHash and VarsHash are what the VM booted with.
+	ConfigHash string `json:"config_hash"`
+	VarsHash   string `json:"vars_hash"`
+	Transport  string `json:"transport"`
+	// ShutdownTimeout is how long the guest gets to power off.
+	ShutdownTimeout time.Duration `json:"shutdown_timeout"`
+	// LastConsole holds the console's last lines when the run failed.
+	LastConsole []string `json:"last_console,omitempty"`
+	Error       string   `json:"error,omitempty"`
+}
+
+// Run states.
+const (
+	RunRunning = "running"
+	RunExited  = "exited"
+	RunFailed  = "failed"
+)
+
+func (s StateDir) registrationPath() string { return s.File("vm.json") }
+func (s StateDir) runPath() string          { return s.File("run.json") }
+
+// RunLock is held by the process running the VM for as long as it runs.
+func (s StateDir) RunLock() string { return s.File("run.lock") }
+
+// Running reports whether a process runs the VM, and its pid.
+func (s StateDir) Running() (bool, int) {
+	if !lock.Held(s.RunLock()) {
+		return false, 0
+	}
+	return true, lock.Holder(s.RunLock())
+}
+
+// Exists reports whether the VM was created.
+func (s StateDir) Exists() bool {
+	_, err := os.Stat(s.registrationPath())
+	return err == nil
+}
+
+// Registration reads vm.json.
+func (s StateDir) Registration() (*Registration, error) {
+	var r Registration
+	if err := readJSON(s.registrationPath(), &r); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("vm %s does not exist in %s: create it with `credvm create %s`", s.Name, s.Root, s.Name)
+		}
+		return nil, fmt.Errorf("vm %s: %w", s.Name, err)
+	}
+	return &r, nil
+}
+
+// SaveRegistration writes vm.json atomically.
+func (s StateDir) SaveRegistration(r *Registration) error {
+	return writeJSON(s.registrationPath(), r)
+}
+
+// RunRecord reads run.json; nil when the VM never ran.
+func (s StateDir) RunRecord() (*RunRecord, error) {
+	var r RunRecord
+	if err := readJSON(s.runPath(), &r); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return &r, nil
+}
+
+// SaveRunRecord writes run.json atomically.
+func (s StateDir) SaveRunRecord(r *RunRecord) error {
+	return writeJSON(s.runPath(), r)
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s is corrupt: %w", path, err)
+	}
+	return nil
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
+}
+
+// List returns the names of the VMs in a state root.
+func List(root string) ([]string, error) {
+	entries, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() {
+			if _, err := os.Stat(filepath.Join(root, e.Name(), "vm.json")); err == nil {
+				names = append(names, e.Name())
+			}
+		}
+	}
+	return names, nil
+}
+
+// rotateConsole keeps the console log from growing without bound: at a
+// start, a log over 1 MiB becomes console.log.1 (and so on, three kept).
+func (s StateDir) rotateConsole() {
+	fi, err := os.Stat(s.Console())
+	if err != nil || fi.Size() < 1<<20 {
+		return
+	}
+	for i := 2; i >= 1; i-- {
+		os.Rename(fmt.Sprintf("%s.%d", s.Console(), i), fmt.Sprintf("%s.%d", s.Console(), i+1))
+	}
+	os.Rename(s.Console(), s.Console()+".1")
+}
