@@ -110,13 +110,7 @@ func newUpdateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var errs []error
-			for _, n := range names {
-				if err := g.update(n, restart, timeout); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			return errors.Join(errs...)
+			return each(names, func(n string) error { return g.update(n, restart, timeout) })
 		},
 		ValidArgsFunction: vmCompletion(g),
 	}
@@ -254,13 +248,7 @@ could not start (missing vars: run ` + "`credvm vars generate NAME`" + ` first).
 			if err != nil {
 				return err
 			}
-			var errs []error
-			for _, n := range names {
-				if err := g.start(n, timeout); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			return errors.Join(errs...)
+			return each(names, func(n string) error { return g.start(n, timeout) })
 		},
 		ValidArgsFunction: vmCompletion(g),
 	}
@@ -352,19 +340,23 @@ func newRestartCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var errs []error
-			for _, n := range names {
-				if err := g.restart(n, timeout); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			return errors.Join(errs...)
+			return each(names, func(n string) error { return g.restart(n, timeout) })
 		},
 		ValidArgsFunction: vmCompletion(g),
 	}
 	cmd.Flags().StringArrayVarP(&tags, "tag", "t", nil, "every VM whose machine carries this inventory tag")
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", 30*time.Second, "how long the guest gets to power off")
 	return cmd
+}
+
+// each runs f for each name in turn, going on after a failure, and joins
+// the errors.
+func each(names []string, f func(string) error) error {
+	var errs []error
+	for _, n := range names {
+		errs = append(errs, f(n))
+	}
+	return errors.Join(errs...)
 }
 
 // parallel runs f for each name at once and joins the errors.

@@ -221,11 +221,7 @@ never printed.`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: machineNameCompletion(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
-			}
-			m, err := e.Repo.Machine(args[0])
+			e, m, err := g.engineMachine(args[0])
 			if err != nil {
 				return err
 			}

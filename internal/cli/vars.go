@@ -57,6 +57,20 @@ func (g *globals) engine() (*vars.Engine, error) {
 	return e, nil
 }
 
+// engineMachine opens the repository and the user's keys, and loads a
+// machine.
+func (g *globals) engineMachine(name string) (*vars.Engine, *spec.Machine, error) {
+	e, err := g.engine()
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := e.Repo.Machine(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return e, m, nil
+}
+
 // machines loads the named (or tagged, or all) machines.
 func machines(r *repo.Repo, names, tags []string) ([]*spec.Machine, error) {
 	selected, err := r.Select(names, tags)
@@ -249,11 +263,7 @@ func newVarsListCmd(g *globals) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: machineNameCompletion(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
-			}
-			m, err := e.Repo.Machine(args[0])
+			e, m, err := g.engineMachine(args[0])
 			if err != nil {
 				return err
 			}
@@ -418,15 +428,11 @@ atomic, and generators depending on this one become outdated.`,
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: machineNameCompletion(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
+			e, m, err := g.engineMachine(args[0])
 			if err != nil {
 				return err
 			}
 			e.NoCommit = noCommit
-			m, err := e.Repo.Machine(args[0])
-			if err != nil {
-				return err
-			}
 			gen, file, err := spec.SplitVar(args[1])
 			if err != nil {
 				return err
