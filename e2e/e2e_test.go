@@ -175,7 +175,7 @@ type seen struct {
 	source string
 }
 
-var pidRe = regexp.MustCompile(`QEMU started \(pid (\d+)\)`)
+var pidRe = regexp.MustCompile(`\w started \(pid (\d+)\)`)
 
 // run boots the machine with `credvm run` and, while QEMU runs, reads its
 // command line and environment (and credvm's) looking for any secret.

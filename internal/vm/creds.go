@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/credvm/credvm/internal/cred"
+	"github.com/credvm/credvm/internal/hypervisor"
+	"github.com/credvm/credvm/internal/hypervisor/qemu"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
@@ -66,13 +68,23 @@ func Credentials(e *vars.Engine, m *spec.Machine, machineKey *sops.Identities) (
 	return out, nil
 }
 
-// Plan decides how the credentials reach this machine's guest.
-func Plan(m *spec.Machine, creds []cred.Credential) (*cred.Plan, error) {
+// Driver returns the backend for the machine's hypervisor: the one place
+// that knows them all.
+func Driver(m *spec.Machine) (hypervisor.Driver, error) {
 	switch m.VM.Hypervisor {
 	case "qemu":
-		return cred.PlanQEMU(creds, cred.QEMUOptions{Machine: m.VM.Machine, Transport: m.VM.Transport, GuestSystemd: m.VM.GuestSystemd, VM: m.Name})
+		return qemu.Driver{}, nil
 	}
-	return nil, fmt.Errorf("vm %s: hypervisor %s is not supported yet", m.Name, m.VM.Hypervisor)
+	return nil, fmt.Errorf("vm %s: hypervisor %s is not supported", m.Name, m.VM.Hypervisor)
+}
+
+// Plan decides how the credentials reach this machine's guest.
+func Plan(m *spec.Machine, creds []cred.Credential) (*cred.Plan, error) {
+	d, err := Driver(m)
+	if err != nil {
+		return nil, err
+	}
+	return d.Plan(m, creds)
 }
 
 // wipe overwrites credential values in memory once they have been handed

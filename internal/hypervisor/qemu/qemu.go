@@ -15,7 +15,6 @@ package qemu
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -220,13 +219,4 @@ func HostKHz() int {
 		}
 	}
 	return 0
-}
-
-// SocketPathOK checks a unix socket path against the kernel's 108-byte
-// limit (107 usable), with a message naming the fix.
-func SocketPathOK(p string) error {
-	if len(p) > 107 {
-		return fmt.Errorf("socket path %s is %d bytes; unix sockets allow 107: use a shorter --state-dir", filepath.Clean(p), len(p))
-	}
-	return nil
 }

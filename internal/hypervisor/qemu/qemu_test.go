@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/credvm/credvm/internal/cred"
+	"github.com/credvm/credvm/internal/hypervisor"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -90,7 +91,7 @@ func TestSecretFileSealed(t *testing.T) {
 }
 
 func TestSocketPathOK(t *testing.T) {
-	if err := SocketPathOK("/" + strings.Repeat("a", 120)); err == nil || !strings.Contains(err.Error(), "use a shorter --state-dir") {
+	if err := hypervisor.SocketPathOK("/" + strings.Repeat("a", 120)); err == nil || !strings.Contains(err.Error(), "use a shorter --state-dir") {
 		t.Errorf("long path: %v", err)
 	}
 }

@@ -1,0 +1,252 @@
+// Package hypervisor is the interface every backend (QEMU,
+// cloud-hypervisor, firecracker) implements, so that running, stopping and
+// listing VMs never depends on which one runs a VM — in the manner of
+// lima's driver interface: one required shape, small and complete.
+//
+// A backend plans how a machine's credentials reach its guest (and refuses
+// what its transports cannot carry whole or privately), starts the
+// hypervisor with them — never on a command line — and controls it:
+// graceful power-off, then a hard stop.
+package hypervisor
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/credvm/credvm/internal/cred"
+	"github.com/credvm/credvm/internal/spec"
+)
+
+// Driver is a hypervisor backend.
+type Driver interface {
+	// Name is the hypervisor's name in machine.toml.
+	Name() string
+	// Plan decides how creds reach the guest, checking every limit of
+	// the transport before anything starts. It decrypts and starts
+	// nothing, so `credvm creds show` can call it.
+	Plan(m *spec.Machine, creds []cred.Credential) (*cred.Plan, error)
+	// Start launches the hypervisor with the planned credentials and
+	// returns once it runs the guest.
+	Start(l Launch) (Instance, error)
+}
+
+// Launch is what Start needs.
+type Launch struct {
+	Name string
+	VM   spec.VM
+	Plan *cred.Plan
+	// Dir is the VM's state directory (0700): control sockets live here.
+	Dir string
+	// Console receives the guest's serial console.
+	Console io.Writer
+	// Notice prints one-line messages for the user.
+	Notice func(format string, args ...any)
+}
+
+// Instance is a running hypervisor.
+type Instance interface {
+	PID() int
+	// Wait blocks until the hypervisor has exited and its console is
+	// copied out.
+	Wait() Exit
+	// Shutdown asks the guest to power off, stops the hypervisor after
+	// timeout if the guest has not, and kills it if even that fails. It
+	// returns when the hypervisor has exited.
+	Shutdown(timeout time.Duration) Exit
+}
+
+// Exit is how a hypervisor process ended.
+type Exit struct {
+	Code   int
+	Signal string
+	// Stderr holds its last lines of output, for messages.
+	Stderr string
+	Err    error
+}
+
+// Process is a hypervisor process with the handling every backend needs:
+// its own process group (the terminal's Ctrl-C reaches credvm, which
+// powers the guest off, not the hypervisor, which would just die), death
+// with credvm, a minimal environment, its last lines of output kept.
+type Process struct {
+	Cmd    *exec.Cmd
+	stderr Tail
+	done   chan struct{}
+	exit   Exit
+}
+
+// StartProcess starts cmd as a hypervisor process. Its environment is
+// reduced to what it needs to find its files: nothing of credvm's, which
+// may hold SOPS_AGE_KEY.
+func StartProcess(cmd *exec.Cmd) (*Process, error) {
+	p := &Process{Cmd: cmd, done: make(chan struct{})}
+	cmd.Env = MinimalEnv()
+	if cmd.Stdout == nil {
+		cmd.Stdout = &p.stderr
+	}
+	cmd.Stderr = &p.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		err := cmd.Wait()
+		p.exit = exitOf(err)
+		p.exit.Stderr = p.stderr.String()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// PID is the process id.
+func (p *Process) PID() int { return p.Cmd.Process.Pid }
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Exit is the exit, once Done is closed.
+func (p *Process) Exit() Exit { <-p.done; return p.exit }
+
+// WaitFor waits up to d for the process to exit.
+func (p *Process) WaitFor(d time.Duration) bool {
+	select {
+	case <-p.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// Kill kills the process and waits for it.
+func (p *Process) Kill() Exit {
+	p.Cmd.Process.Kill()
+	return p.Exit()
+}
+
+func exitOf(err error) Exit {
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return Exit{}
+	case errors.As(err, &ee):
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return Exit{Code: 128 + int(ws.Signal()), Signal: unix.SignalName(ws.Signal())}
+		}
+		return Exit{Code: ee.ExitCode()}
+	}
+	return Exit{Code: -1, Err: err}
+}
+
+// MinimalEnv is a hypervisor's environment.
+func MinimalEnv() []string {
+	env := []string{"PATH=" + os.Getenv("PATH")}
+	for _, k := range []string{"HOME", "TMPDIR", "LANG", "XDG_RUNTIME_DIR"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+// SocketPathOK checks a unix socket path against the kernel's limit (108
+// bytes with the NUL), with a message naming the fix.
+func SocketPathOK(p string) error {
+	if len(p) > 107 {
+		return fmt.Errorf("socket path %s is %d bytes; unix sockets allow 107: use a shorter --state-dir", p, len(p))
+	}
+	return nil
+}
+
+// WaitForSocket waits until path exists (a hypervisor creating its API
+// socket), or the process exits, or d passes.
+func WaitForSocket(path string, p *Process, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			// Reachable only by its owner: whoever can talk to it can
+			// read the VM's configuration, secrets included.
+			return os.Chmod(path, 0o600)
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("it exited before creating its API socket: %s", p.Exit().Stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("its API socket %s did not appear within %s", path, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Tail keeps the last lines written to it.
+type Tail struct {
+	mu    sync.Mutex
+	Keep  int
+	lines []string
+	part  string
+}
+
+func (t *Tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	text := t.part + string(p)
+	i := strings.LastIndexByte(text, '\n')
+	t.part = text[i+1:]
+	sc := bufio.NewScanner(strings.NewReader(text[:i+1]))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if l := strings.TrimSpace(StripANSI(sc.Text())); l != "" {
+			t.lines = append(t.lines, l)
+		}
+	}
+	keep := max(t.Keep, 5)
+	if len(t.lines) > keep {
+		t.lines = t.lines[len(t.lines)-keep:]
+	}
+	return len(p), nil
+}
+
+// Lines returns the kept lines, the unfinished last one included.
+func (t *Tail) Lines() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	lines := append([]string(nil), t.lines...)
+	if p := strings.TrimSpace(StripANSI(t.part)); p != "" {
+		lines = append(lines, p)
+	}
+	return lines
+}
+
+func (t *Tail) String() string { return strings.Join(t.Lines(), " / ") }
+
+// StripANSI removes terminal escape sequences.
+func StripANSI(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != 0x1b {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+1 < len(s) && s[i+1] == '[' {
+			j := i + 2
+			for j < len(s) && !(s[j] >= '@' && s[j] <= '~') {
+				j++
+			}
+			i = j
+			continue
+		}
+		i++ // ESC + one byte (e.g. "ESC c")
+	}
+	return b.String()
+}

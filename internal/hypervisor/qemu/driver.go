@@ -1,0 +1,140 @@
+package qemu
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/credvm/credvm/internal/cred"
+	"github.com/credvm/credvm/internal/hypervisor"
+	"github.com/credvm/credvm/internal/spec"
+)
+
+// Driver runs QEMU.
+type Driver struct{}
+
+// Name implements hypervisor.Driver.
+func (Driver) Name() string { return "qemu" }
+
+// Plan implements hypervisor.Driver: SMBIOS type 11 while it fits the
+// guest's budget, fw_cfg beyond (see cred.PlanQEMU).
+func (Driver) Plan(m *spec.Machine, creds []cred.Credential) (*cred.Plan, error) {
+	return cred.PlanQEMU(creds, cred.QEMUOptions{Machine: m.VM.Machine, Transport: m.VM.Transport, GuestSystemd: m.VM.GuestSystemd, VM: m.Name})
+}
+
+// QMPSocket is the control socket's path in a state directory.
+func QMPSocket(dir string) string { return filepath.Join(dir, "qmp.sock") }
+
+// Start implements hypervisor.Driver.
+func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
+	sock := QMPSocket(l.Dir)
+	if err := hypervisor.SocketPathOK(sock); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", l.Name, err)
+	}
+	os.Remove(sock) // a stale socket from a crash
+	accel, err := ChooseAccel(l.VM.Accel)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", l.Name, err)
+	}
+	if accel.Notice != "" {
+		l.Notice("%s", accel.Notice)
+	}
+
+	// Credentials: one sealed memfd each, inherited as fd 3, 4, …
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for i := range l.Plan.Credentials {
+		c := &l.Plan.Credentials[i]
+		f, err := SecretFile(c.Name, Payload(l.Plan.Transport, c))
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: credential %s: %w", l.Name, c.Name, err)
+		}
+		files = append(files, f)
+	}
+
+	// The console: QEMU writes to a pipe that we copy out.
+	consoleR, consoleW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	args, err := Args(Config{
+		Name: l.Name, VM: l.VM, Plan: l.Plan, Accel: accel.Name, QMP: sock,
+		Console: fmt.Sprintf("/dev/fd/%d", 3+len(files)), HostKHz: HostKHz(),
+	}, 3)
+	if err != nil {
+		consoleR.Close()
+		consoleW.Close()
+		return nil, err
+	}
+	cmd := exec.Command(Binary, args...)
+	cmd.ExtraFiles = append(append([]*os.File{}, files...), consoleW)
+	p, err := hypervisor.StartProcess(cmd)
+	consoleW.Close()
+	if err != nil {
+		consoleR.Close()
+		return nil, fmt.Errorf("vm %s: start %s: %w (apt-get install qemu-system-x86)", l.Name, Binary, err)
+	}
+	in := &instance{p: p, sock: sock, notice: l.Notice, copied: make(chan struct{})}
+	go func() {
+		defer close(in.copied)
+		defer consoleR.Close()
+		io.Copy(l.Console, consoleR)
+	}()
+	return in, nil
+}
+
+type instance struct {
+	p      *hypervisor.Process
+	sock   string
+	notice func(string, ...any)
+	copied chan struct{}
+}
+
+func (in *instance) PID() int { return in.p.PID() }
+
+func (in *instance) Wait() hypervisor.Exit {
+	e := in.p.Exit()
+	<-in.copied
+	os.Remove(in.sock)
+	return e
+}
+
+// Shutdown presses the ACPI power button (QMP system_powerdown), then
+// tells QEMU to quit, then kills it.
+func (in *instance) Shutdown(timeout time.Duration) hypervisor.Exit {
+	if err := qmpRun(in.sock, "system_powerdown"); err != nil {
+		in.notice("QMP system_powerdown failed (%v)", err)
+	}
+	if !in.p.WaitFor(timeout) {
+		in.notice("the guest did not power off within %s; telling QEMU to quit", timeout)
+		if err := qmpRun(in.sock, "quit"); err != nil {
+			in.notice("QMP quit failed (%v); killing QEMU", err)
+			in.p.Kill()
+		} else if !in.p.WaitFor(10 * time.Second) {
+			in.p.Kill()
+		}
+	}
+	return in.Wait()
+}
+
+func qmpRun(sock, command string) error {
+	mon, err := qmp.NewSocketMonitor("unix", sock, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	if err := mon.Connect(); err != nil {
+		return err
+	}
+	defer mon.Disconnect()
+	_, err = mon.Run([]byte(`{"execute":"` + command + `"}`))
+	return err
+}
