@@ -154,7 +154,7 @@ func (g *globals) update(name string, restart bool, timeout time.Duration) error
 			return err
 		}
 	}
-	st, err := vm.Inspect(s)
+	st, err := vm.Inspect(s, false)
 	if err != nil {
 		return err
 	}
@@ -381,7 +381,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 		Short: "Show a VM's state: running or not, current/outdated/stale/failed, pids, last exit and console lines",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := vm.Inspect(g.state(args[0]))
+			st, err := vm.Inspect(g.state(args[0]), true)
 			if err != nil {
 				return err
 			}
@@ -393,6 +393,9 @@ func newStatusCmd(g *globals) *cobra.Command {
 			if st.Running {
 				fmt.Fprintf(w, "  running: supervisor pid %d, QEMU pid %d, since %s\n", st.PID, st.QEMU, st.Run.Started.Local().Format(time.RFC3339))
 				fmt.Fprintf(w, "  transport: %s\n", st.Run.Transport)
+				if st.Hypervisor != "" {
+					fmt.Fprintf(w, "  hypervisor reports: %s\n", st.Hypervisor)
+				}
 			} else {
 				fmt.Fprintf(w, "  not running\n")
 			}
@@ -464,7 +467,7 @@ stays fast with hundreds of VMs.`,
 					defer wg.Done()
 					sem <- struct{}{}
 					defer func() { <-sem }()
-					sts[i], errs[i] = vm.Inspect(g.state(n))
+					sts[i], errs[i] = vm.Inspect(g.state(n), false)
 				}()
 			}
 			wg.Wait()

@@ -115,7 +115,14 @@ func Manifest(creds []Credential) Credential {
 }
 
 // ParseManifest parses a manifest, refusing one that is cut or malformed.
+// A manifest may also arrive base64-encoded (transports that carry no
+// newlines, such as the kernel command line).
 func ParseManifest(b []byte) ([]ManifestEntry, error) {
+	if !bytes.HasPrefix(b, []byte(manifestHeader)) {
+		if d, err := base64.StdEncoding.DecodeString(string(b)); err == nil && bytes.HasPrefix(d, []byte(manifestHeader)) {
+			b = d
+		}
+	}
 	lines := strings.Split(string(b), "\n")
 	if len(lines) < 3 || lines[0] != manifestHeader {
 		return nil, errors.New("manifest: missing header (cut, or not a credvm manifest)")

@@ -250,3 +250,10 @@ func StripANSI(s string) string {
 	}
 	return b.String()
 }
+
+// Prober is an optional capability of a Driver: asking a running
+// hypervisor, through its control socket in the state directory, what
+// state its VM is in ("running", "Running", …), for `credvm status`.
+type Prober interface {
+	Probe(dir string) (string, error)
+}

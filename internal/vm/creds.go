@@ -10,6 +10,8 @@ import (
 
 	"github.com/credvm/credvm/internal/cred"
 	"github.com/credvm/credvm/internal/hypervisor"
+	"github.com/credvm/credvm/internal/hypervisor/cloudhypervisor"
+	"github.com/credvm/credvm/internal/hypervisor/firecracker"
 	"github.com/credvm/credvm/internal/hypervisor/qemu"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
@@ -74,6 +76,10 @@ func Driver(m *spec.Machine) (hypervisor.Driver, error) {
 	switch m.VM.Hypervisor {
 	case "qemu":
 		return qemu.Driver{}, nil
+	case "cloud-hypervisor":
+		return cloudhypervisor.Driver{}, nil
+	case "firecracker":
+		return firecracker.Driver{}, nil
 	}
 	return nil, fmt.Errorf("vm %s: hypervisor %s is not supported", m.Name, m.VM.Hypervisor)
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/credvm/credvm/internal/hypervisor"
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
@@ -37,13 +38,16 @@ type Status struct {
 	Fix        string     `json:"fix,omitempty"`
 	Current    string     `json:"current_config,omitempty"`
 	Run        *RunRecord `json:"last_run,omitempty"`
+	// Hypervisor is what the running hypervisor itself reports.
+	Hypervisor string `json:"hypervisor_state,omitempty"`
 	ConsoleLog string     `json:"console_log"`
 }
 
 // Inspect computes a VM's status. It reads small files only — the VM's
 // records, its machine file in the repository and the vars' metadata — so
-// that listing hundreds of VMs stays fast.
-func Inspect(s StateDir) (*Status, error) {
+// that listing hundreds of VMs stays fast. With probe, it also asks a
+// running hypervisor for its VM's state (one round trip on its socket).
+func Inspect(s StateDir, probe bool) (*Status, error) {
 	reg, err := s.Registration()
 	if err != nil {
 		return nil, err
@@ -80,6 +84,15 @@ func Inspect(s StateDir) (*Status, error) {
 		cur, err := reg.Machine()
 		if err != nil {
 			return nil, err
+		}
+		if d, err := Driver(cur); err == nil && probe {
+			if p, ok := d.(hypervisor.Prober); ok {
+				if state, err := p.Probe(s.Path()); err == nil {
+					st.Hypervisor = state
+				} else {
+					st.Hypervisor = "unreachable: " + err.Error()
+				}
+			}
 		}
 		stale := false
 		if rec == nil || rec.ConfigHash != reg.Current.Hash {

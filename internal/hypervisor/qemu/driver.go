@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -137,4 +138,29 @@ func qmpRun(sock, command string) error {
 	defer mon.Disconnect()
 	_, err = mon.Run([]byte(`{"execute":"` + command + `"}`))
 	return err
+}
+
+// Probe implements hypervisor.Prober with QMP query-status.
+func (Driver) Probe(dir string) (string, error) {
+	mon, err := qmp.NewSocketMonitor("unix", QMPSocket(dir), 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	if err := mon.Connect(); err != nil {
+		return "", err
+	}
+	defer mon.Disconnect()
+	out, err := mon.Run([]byte(`{"execute":"query-status"}`))
+	if err != nil {
+		return "", err
+	}
+	var r struct {
+		Return struct {
+			Status string `json:"status"`
+		} `json:"return"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return "", err
+	}
+	return r.Return.Status, nil
 }
