@@ -40,6 +40,9 @@ type Found struct {
 	value  []byte
 }
 
+// FoundValue describes a credential found with value v in source.
+func FoundValue(name string, v []byte, source string) Found { return found(name, v, source) }
+
 func found(name string, v []byte, source string) Found {
 	sum := sha256.Sum256(v)
 	return Found{Name: name, Size: len(v), SHA256: hex.EncodeToString(sum[:]), Source: source, value: v}
