@@ -28,19 +28,19 @@ const (
 
 // Status is one VM's state. It never holds a secret.
 type Status struct {
-	Name       string     `json:"name"`
-	Repo       string     `json:"repository"`
-	Running    bool       `json:"running"`
-	PID        int        `json:"supervisor_pid,omitempty"`
-	QEMU       int        `json:"qemu_pid,omitempty"`
-	Status     string     `json:"status"`
-	Reasons    []string   `json:"reasons,omitempty"`
-	Fix        string     `json:"fix,omitempty"`
-	Current    string     `json:"current_config,omitempty"`
-	Run        *RunRecord `json:"last_run,omitempty"`
+	Name    string     `json:"name"`
+	Repo    string     `json:"repository"`
+	Running bool       `json:"running"`
+	PID     int        `json:"supervisor_pid,omitempty"`
+	QEMU    int        `json:"qemu_pid,omitempty"`
+	Status  string     `json:"status"`
+	Reasons []string   `json:"reasons,omitempty"`
+	Fix     string     `json:"fix,omitempty"`
+	Current string     `json:"current_config,omitempty"`
+	Run     *RunRecord `json:"last_run,omitempty"`
 	// Hypervisor is what the running hypervisor itself reports.
 	Hypervisor string `json:"hypervisor_state,omitempty"`
-	ConsoleLog string     `json:"console_log"`
+	ConsoleLog string `json:"console_log"`
 }
 
 // Inspect computes a VM's status. It reads small files only — the VM's

@@ -199,7 +199,7 @@ type instance struct {
 	notice func(string, ...any)
 }
 
-func (in *instance) PID() int               { return in.p.PID() }
+func (in *instance) PID() int              { return in.p.PID() }
 func (in *instance) Wait() hypervisor.Exit { return in.p.Exit() }
 
 // Shutdown sends Ctrl-Alt-Del (firecracker's graceful stop on x86), then
