@@ -53,6 +53,18 @@ func setup() string {
 			return "short mode"
 		}
 	}
+	tmp, err := os.MkdirTemp("", "credvm-e2e-")
+	if err != nil {
+		return err.Error()
+	}
+	credvmBin = filepath.Join(tmp, "credvm")
+	build := exec.Command("go", "build", "-o", credvmBin, "./cmd/credvm")
+	build.Dir = testenv.Root()
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		credvmBin = ""
+		return fmt.Sprintf("build credvm: %v\n%s", err, out)
+	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
 	}
@@ -64,17 +76,6 @@ func setup() string {
 	if err := im.Check(true); err != nil {
 		return err.Error()
 	}
-	tmp, err := os.MkdirTemp("", "credvm-e2e-")
-	if err != nil {
-		return err.Error()
-	}
-	credvmBin = filepath.Join(tmp, "credvm")
-	build := exec.Command("go", "build", "-o", credvmBin, "./cmd/credvm")
-	build.Dir = testenv.Root()
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Sprintf("build credvm: %v\n%s", err, out)
-	}
 	fastInitrd = filepath.Join(tmp, "fast.img")
 	systemdImg = filepath.Join(tmp, "systemd.img")
 	if err := im.FastInitrd(credvmBin, fastInitrd); err != nil {
@@ -85,6 +86,17 @@ func setup() string {
 	}
 	kernel = im.Kernel()
 	return ""
+}
+
+// needCredvm is for tests that run credvm without booting a guest.
+func needCredvm(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	if credvmBin == "" {
+		testenv.Missing(t, "a credvm build", setupFailed)
+	}
 }
 
 func needGuests(t *testing.T) {

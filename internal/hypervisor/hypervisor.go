@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -167,15 +168,22 @@ func SocketPathOK(p string) error {
 	return nil
 }
 
-// WaitForSocket waits until path exists (a hypervisor creating its API
-// socket), or the process exits, or d passes.
+// WaitForSocket waits until the hypervisor accepts connections on its API
+// socket at path, or exits, or d passes.
 func WaitForSocket(path string, p *Process, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for {
 		if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
 			// Reachable only by its owner: whoever can talk to it can
 			// read the VM's configuration, secrets included.
-			return os.Chmod(path, 0o600)
+			if err := os.Chmod(path, 0o600); err != nil {
+				return err
+			}
+			// The file exists from bind(); connections work from listen().
+			if c, err := net.Dial("unix", path); err == nil {
+				c.Close()
+				return nil
+			}
 		}
 		select {
 		case <-p.Done():

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -52,4 +53,10 @@ func HypervisorDouble(t testing.TB) (binDir, recordDir string) {
 		Missing(t, "the hypervisor test double", doubleErr)
 	}
 	return doubleBin, doubleRec
+}
+
+// DoubleRecord is the file where the double records what it received for
+// the hypervisor whose sockets are in dir.
+func DoubleRecord(recordDir, dir string) string {
+	return filepath.Join(recordDir, strings.ReplaceAll(dir, "/", "_")+".jsonl")
 }

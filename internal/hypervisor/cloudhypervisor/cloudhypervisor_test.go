@@ -287,7 +287,7 @@ func TestStartAgainstDouble(t *testing.T) {
 			t.Errorf("ignore power=%v but timeout path taken=%v", ignore, timedOut)
 		}
 
-		rs := readRecords(t, filepath.Join(recs, filepath.Base(dir)+".jsonl"))
+		rs := readRecords(t, testenv.DoubleRecord(recs, dir))
 		var paths []string
 		for _, r := range rs {
 			switch r.Kind {

@@ -114,7 +114,7 @@ func TestStartAgainstDouble(t *testing.T) {
 	if exit := in.Shutdown(2 * time.Second); exit.Code != 0 {
 		t.Errorf("exit %+v", exit)
 	}
-	f, err := os.Open(filepath.Join(recs, filepath.Base(dir)+".jsonl"))
+	f, err := os.Open(testenv.DoubleRecord(recs, dir))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@
 //     made strict about unknown fields (so a misspelt key fails here
 //     instead of being ignored), and answers 400 to an invalid one;
 //   - it records its argv and every request, with the verdict, as JSON
-//     lines in <recordDir>/<name of the socket's directory>.jsonl
+//     lines in <recordDir>/<socket's directory, "/" as "_">.jsonl
 //     (-X main.recordDir=…; default: next to the socket) — credvm gives
 //     hypervisors a minimal environment, so settings come this way;
 //   - it "boots" by reading the credentials the request carried exactly
@@ -106,7 +106,7 @@ func (d *double) run(args []string) error {
 	d.dir = filepath.Dir(sock)
 	p := filepath.Join(d.dir, "double.jsonl")
 	if recordDir != "" {
-		p = filepath.Join(recordDir, filepath.Base(d.dir)+".jsonl")
+		p = filepath.Join(recordDir, strings.ReplaceAll(d.dir, "/", "_")+".jsonl")
 	}
 	if d.record, err = os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
 		return err
