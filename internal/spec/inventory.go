@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"time"
 )
 
 // Inventory is the repository's inventory.toml: which machines exist
@@ -71,8 +72,15 @@ func (inv *Inventory) Tagged(tag string) []string {
 }
 
 // Settings is the repository's optional credvm.toml. It marks the
-// repository root; its keys are reserved for repository-wide settings.
-type Settings struct{}
+// repository root and holds repository-wide settings:
+//
+//	[history]
+//	retention = "24h"   # how long replaced vars are kept for rollback
+type Settings struct {
+	History struct {
+		Retention string `toml:"retention" json:"retention"`
+	} `toml:"history" json:"history"`
+}
 
 // LoadSettings reads credvm.toml strictly; a missing file is no settings.
 func LoadSettings(path string) (*Settings, error) {
@@ -88,8 +96,14 @@ func LoadSettings(path string) (*Settings, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(doc.unknown) > 0 {
-		return nil, doc.unknown
+	ps := doc.unknown
+	if r := s.History.Retention; r != "" {
+		if d, err := time.ParseDuration(r); err != nil || d < 0 {
+			ps = append(ps, doc.problem("history.retention", "invalid duration %q: write one such as \"24h\" or \"168h\"", r))
+		}
+	}
+	if len(ps) > 0 {
+		return nil, ps
 	}
 	return s, nil
 }

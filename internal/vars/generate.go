@@ -83,6 +83,11 @@ func (e *Engine) Generate(ctx context.Context, machines []*spec.Machine, opts Ge
 	if err := Recover(e.Repo); err != nil {
 		return nil, err
 	}
+	if n, err := e.PruneHistory(); err != nil {
+		return nil, err
+	} else if n > 0 {
+		e.logf("pruned %d expired generations from %s", n, HistoryDir)
+	}
 	cleanStaleWorkspaces()
 
 	sandbox, bwrap, err := resolveSandbox(e.Sandbox)
@@ -327,7 +332,7 @@ func (r *runner) runTxn(ctx context.Context, label string, gens []*spec.Generato
 		for i, g := range gens {
 			names[i] = g.Name
 		}
-		paths := append(changed, e.Repo.Path("sops"))
+		paths := append(changed, e.Repo.Path("sops"), e.Repo.Path(HistoryDir))
 		r.gitMu.Lock()
 		err := e.Repo.Commit(paths, fmt.Sprintf("vars: update %s: %s", label, strings.Join(names, ", ")))
 		r.gitMu.Unlock()

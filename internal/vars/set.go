@@ -73,7 +73,7 @@ func (e *Engine) Set(m *spec.Machine, gen, file string, value []byte) error {
 		return fail(err)
 	}
 	if !e.NoCommit && e.Repo.InGit() {
-		if err := e.Repo.Commit([]string{target, e.Repo.Path("sops")}, fmt.Sprintf("vars: set %s/%s/%s", m.Name, gen, file)); err != nil {
+		if err := e.Repo.Commit([]string{target, e.Repo.Path("sops"), e.Repo.Path(HistoryDir)}, fmt.Sprintf("vars: set %s/%s/%s", m.Name, gen, file)); err != nil {
 			return fmt.Errorf("vars %s/%s/%s: stored, but the git commit failed: %w", m.Name, gen, file, err)
 		}
 	}

@@ -46,6 +46,9 @@ type txnEntry struct {
 	Target  string `json:"target"`
 	Staging string `json:"staging"`
 	Old     string `json:"old"` // used only where RENAME_EXCHANGE is not supported
+	// History is where the replaced content is kept (for rollback); ""
+	// discards it.
+	History string `json:"history,omitempty"`
 }
 
 type txn struct {
@@ -60,7 +63,8 @@ func newTxn(r *repo.Repo) *txn {
 	return &txn{id: hex.EncodeToString(b), repo: r}
 }
 
-// stage returns a new, empty staging directory for target, with its marker.
+// stage returns a new, empty staging directory for target, with its
+// marker. The content it replaces is kept in history (see history.go).
 func (t *txn) stage(target string) (string, error) {
 	parent, base := filepath.Split(target)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
@@ -77,6 +81,7 @@ func (t *txn) stage(target string) (string, error) {
 		Target:  target,
 		Staging: staging,
 		Old:     filepath.Join(parent, "."+base+oldInfix+t.id),
+		History: historyPath(t.repo, target, t.id),
 	})
 	return staging, nil
 }
@@ -137,6 +142,9 @@ func rollForward(r *repo.Repo, journal string, entries []txnEntry) error {
 	var dirs []string
 	for _, e := range entries {
 		os.Remove(filepath.Join(e.Target, markerFile))
+		if err := keepHistory(e); err != nil {
+			return err
+		}
 		if err := os.RemoveAll(e.Staging); err != nil {
 			return err
 		}

@@ -714,3 +714,80 @@ func TestClanFixture(t *testing.T) {
 		t.Errorf("through the machine key: %q, %v", v, err)
 	}
 }
+
+// TestHistoryAndRollback: regenerating keeps the previous generation
+// (encrypted, in vars-history/), rollback restores it — and is itself kept
+// — and expired generations are pruned.
+func TestHistoryAndRollback(t *testing.T) {
+	f := newRepo(t, map[string]string{"vm1": twoGens})
+	if err := f.generate(GenerateOptions{}, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	old := f.get("vm1", "a", "key")
+	if err := f.generate(GenerateOptions{Generators: []string{"a"}, Regenerate: true}, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	rotated := f.get("vm1", "a", "key")
+	m := f.machine("vm1")
+	hist, err := f.e.History(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gens := map[string]int{}
+	for _, h := range hist {
+		gens[h.Generator]++
+		if time.Until(h.Expires) < 23*time.Hour || time.Until(h.Expires) > DefaultRetention {
+			t.Errorf("%s expires %s, want in 24 h", h.ID, h.Expires)
+		}
+	}
+	if gens["a"] != 1 || gens["b"] != 1 {
+		t.Fatalf("history = %+v, want one kept generation of a and of b (its dependent)", hist)
+	}
+	// The kept files are encrypted: no plaintext in vars-history.
+	filepath.WalkDir(filepath.Join(f.dir, HistoryDir), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			b, _ := os.ReadFile(p)
+			if bytes.Contains(b, []byte(old)) {
+				t.Errorf("plaintext in %s", p)
+			}
+		}
+		return nil
+	})
+
+	pick, err := f.e.Rollback(m, "a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.get("vm1", "a", "key"); got != old {
+		t.Errorf("after rollback a/key is not the old value")
+	}
+	hist, _ = f.e.History(m)
+	for _, h := range hist {
+		if h.Generator == "a" && h.ID == pick.ID {
+			t.Errorf("the restored generation %s is still listed in history: %+v", pick.ID, hist)
+		}
+	}
+	if n := len(hist); n != 2 {
+		t.Errorf("after rollback: %d kept generations, want 2 (b's, and a's rotated one)", n)
+	}
+	// Roll the rollback back.
+	if _, err := f.e.Rollback(m, "a", ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.get("vm1", "a", "key"); got != rotated {
+		t.Error("rolling back the rollback did not restore the rotated value")
+	}
+	if _, err := f.e.Rollback(m, "nope", ""); err == nil || !strings.Contains(err.Error(), `no generator "nope"`) {
+		t.Errorf("unknown generator: %v", err)
+	}
+
+	os.WriteFile(filepath.Join(f.dir, "credvm.toml"), []byte("[history]\nretention = \"0s\"\n"), 0o644)
+	n, err := f.e.PruneHistory()
+	if err != nil || n != 2 {
+		t.Errorf("prune with retention 0: removed %d, %v; want 2", n, err)
+	}
+	if _, err := f.e.Rollback(m, "a", ""); err == nil || !strings.Contains(err.Error(), "no earlier generation is kept") {
+		t.Errorf("rollback with nothing kept: %v", err)
+	}
+	leftovers(t, f.dir)
+}
