@@ -14,6 +14,7 @@
 package spec
 
 import (
+	"regexp"
 	"time"
 )
 
@@ -130,11 +131,33 @@ type VM struct {
 	Shares     []Share     `toml:"shares" json:"shares"`
 	Interfaces []Interface `toml:"interfaces" json:"interfaces"`
 
+	// Health says how `credvm rotate` knows a restarted VM is healthy.
+	Health Health `toml:"health" json:"health"`
+
 	// CloudHypervisor holds settings only that backend reads.
 	CloudHypervisor CloudHypervisor `toml:"cloud_hypervisor" json:"cloud_hypervisor"`
 	// Firecracker holds settings only that backend reads.
 	Firecracker Firecracker `toml:"firecracker" json:"firecracker"`
 }
+
+// Health is a VM's health check after a (re)start: a line on its console
+// matching Console, and/or a TCP port accepting connections, within
+// Timeout (default 60s). Without either, a VM is healthy when its
+// hypervisor still runs a few seconds after the start.
+type Health struct {
+	Console string `toml:"console" json:"console"`
+	TCP     string `toml:"tcp" json:"tcp"`
+	Timeout string `toml:"timeout" json:"timeout"`
+
+	console *regexp.Regexp
+	timeout time.Duration
+}
+
+// ConsoleRe is the compiled console pattern (nil when none).
+func (h *Health) ConsoleRe() *regexp.Regexp { return h.console }
+
+// Wait is the parsed timeout.
+func (h *Health) Wait() time.Duration { return h.timeout }
 
 // Disk is a block device.
 type Disk struct {

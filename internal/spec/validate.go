@@ -323,6 +323,28 @@ func (vm *VM) validate(add func(key, format string, args ...any), dir string) {
 			}
 		}
 	}
+	h := &vm.Health
+	h.timeout = 60 * time.Second
+	if h.Timeout != "" {
+		d, err := time.ParseDuration(h.Timeout)
+		if err != nil || d <= 0 {
+			add("vm.health.timeout", "invalid timeout %q: write a duration such as \"60s\"", h.Timeout)
+		} else {
+			h.timeout = d
+		}
+	}
+	if h.Console != "" {
+		re, err := regexp.Compile(h.Console)
+		if err != nil {
+			add("vm.health.console", "invalid regular expression: %v", err)
+		}
+		h.console = re
+	}
+	if h.TCP != "" {
+		if _, _, err := net.SplitHostPort(h.TCP); err != nil {
+			add("vm.health.tcp", "invalid address %q: write HOST:PORT such as \"127.0.0.1:8080\"", h.TCP)
+		}
+	}
 	if vm.CloudHypervisor.OEMStringsOnArgv && vm.Hypervisor != "cloud-hypervisor" {
 		add("vm.cloud_hypervisor", "settings for cloud-hypervisor on a %s machine", vm.Hypervisor)
 	}
