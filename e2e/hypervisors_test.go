@@ -179,4 +179,3 @@ func keys(m map[string]string) []string {
 	}
 	return k
 }
-
