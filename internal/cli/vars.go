@@ -37,7 +37,7 @@ public files in plain text next to them, as .../value. Shared generators
 (share = true) store under vars/shared/<generator>/.`,
 	}
 	cmd.AddCommand(newVarsGenerateCmd(g), newVarsListCmd(g), newVarsCheckCmd(g),
-		newVarsGetCmd(g), newVarsSetCmd(g), newVarsKeygenCmd(g), newVarsHistoryCmd(g), newVarsRollbackCmd(g))
+		newVarsGetCmd(g), newVarsSetCmd(g), newVarsKeygenCmd(g), newVarsHistoryCmd(g), newVarsRollbackCmd(g), newVarsExportCmd(g), newVarsImportCmd(g))
 	return cmd
 }
 

@@ -174,6 +174,33 @@ func (r *Repo) EnsureMachineKey(machine string) (string, error) {
 	return pub, nil
 }
 
+// ImportMachineKey stores a machine's private key brought from another
+// repository (encrypted to users, with its public key), unless the machine
+// has that key already. A different existing key is an error: the vars
+// here are encrypted to it.
+func (r *Repo) ImportMachineKey(machine, privateKey string, users []string) error {
+	ids := &sops.Identities{}
+	if err := ids.Add([]byte(privateKey), "bundle"); err != nil || len(ids.Recipients) != 1 {
+		return fmt.Errorf("machine %s: the bundle's machine key is not one age identity", machine)
+	}
+	pub := ids.Recipients[0]
+	cur, err := r.MachinePublicKey(machine)
+	if err != nil {
+		return err
+	}
+	switch {
+	case cur == pub:
+		return nil
+	case cur != "":
+		return fmt.Errorf("machine %s already has another key in this repository (%s); import without the machine key, or remove sops/machines/%s and sops/secrets/%s-age.key first", machine, cur, machine, machine)
+	}
+	content := []byte("# imported: machine key for " + machine + "\n# public key: " + pub + "\n" + ids.Raw())
+	if err := r.WriteSecret(r.machineKeySecret(machine), content, nil, users); err != nil {
+		return fmt.Errorf("machine %s: store private key: %w", machine, err)
+	}
+	return writeKeyFile(r.Path("sops", "machines", machine, "key.json"), []string{pub})
+}
+
 // MachineIdentity decrypts the machine's private key with the user's
 // identities.
 func (r *Repo) MachineIdentity(machine string, user *sops.Identities) (*sops.Identities, error) {

@@ -56,7 +56,21 @@ func (r *Repo) InGit() bool {
 func (r *Repo) Commit(paths []string, msg string) error {
 	var rel []string
 	for _, p := range paths {
-		rel = append(rel, r.Rel(p))
+		abs := p
+		if !filepath.IsAbs(abs) {
+			abs = r.Path(p)
+		}
+		if _, err := os.Lstat(abs); err != nil {
+			// Gone: worth staging only if git knew it (a deletion).
+			out, _ := exec.Command("git", "-C", r.Root, "ls-files", "--", r.Rel(abs)).Output()
+			if len(bytes.TrimSpace(out)) == 0 {
+				continue
+			}
+		}
+		rel = append(rel, r.Rel(abs))
+	}
+	if len(rel) == 0 {
+		return nil
 	}
 	git := func(args ...string) ([]byte, error) {
 		cmd := exec.Command("git", append([]string{"-C", r.Root}, args...)...)

@@ -46,6 +46,13 @@ type Identities struct {
 	List       []age.Identity
 	Recipients []string // public keys of the X25519 identities, in order
 	Sources    []string // where they came from, for error messages
+	raw        []string
+}
+
+// Raw returns the X25519 identities as age-keygen writes them, one per
+// line. It is secret.
+func (ids *Identities) Raw() string {
+	return strings.Join(ids.raw, "\n") + "\n"
 }
 
 // Add parses an identity file's content (age-keygen format: comments and
@@ -58,6 +65,7 @@ func (ids *Identities) Add(content []byte, source string) error {
 	for _, id := range list {
 		if x, ok := id.(*age.X25519Identity); ok {
 			ids.Recipients = append(ids.Recipients, x.Recipient().String())
+			ids.raw = append(ids.raw, x.String())
 		}
 	}
 	ids.List = append(ids.List, list...)
