@@ -317,4 +317,3 @@ func (e *Engine) Import(b *Bundle) (*spec.Machine, error) {
 	}
 	return m, nil
 }
-
