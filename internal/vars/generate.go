@@ -19,6 +19,7 @@ import (
 
 	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/faultinject"
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -180,12 +181,17 @@ func (e *Engine) Generate(ctx context.Context, machines []*spec.Machine, opts Ge
 
 	r := &runner{e: e, sandbox: sandbox, bwrap: bwrap, users: users, answers: answers}
 	var results []Result
-	if len(sharedOrder) > 0 {
+	if len(allShared.Vars.Generators) > 0 {
 		machinesOf, err := e.sharedMachines()
 		if err != nil {
 			return nil, err
 		}
-		if err := r.runTxn(ctx, "shared", sharedOrder, allShared, machinesOf); err != nil {
+		if len(sharedOrder) > 0 {
+			if err := r.runTxn(ctx, "shared", sharedOrder, allShared, machinesOf); err != nil {
+				return nil, err
+			}
+		}
+		if err := r.fixSharedRecipients(allShared, machinesOf); err != nil {
 			return nil, err
 		}
 	}
@@ -670,4 +676,67 @@ func cleanStaleWorkspaces() {
 			os.RemoveAll(filepath.Join(base, ent.Name()))
 		}
 	}
+}
+
+// fixSharedRecipients re-encrypts the secrets of shared generators whose
+// recipients no longer match the machines using them — a machine added
+// (cloned) after the shared vars were generated must be able to read
+// them — in one transaction, values unchanged (clan's `vars fix`).
+func (r *runner) fixSharedRecipients(shared *spec.Machine, machinesOf map[string][]string) error {
+	e := r.e
+	t := newTxn(e.Repo)
+	var fixed []string
+	for _, g := range shared.SortedGenerators() {
+		dir := e.GeneratorDir("", g)
+		want := slices.Sorted(slices.Values(machinesOf[g.Name]))
+		needs := false
+		for _, f := range g.SortedFiles() {
+			if !f.IsSecret() || !f.IsDeployed() {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(dir, f.Name, "secret")); err != nil {
+				continue
+			}
+			if !slices.Equal(repo.LinkedNames(filepath.Join(dir, f.Name), "machines"), want) {
+				needs = true
+			}
+		}
+		if !needs {
+			continue
+		}
+		files := map[string][]byte{}
+		for _, f := range g.SortedFiles() {
+			v, err := e.Get("", shared, g.Name, f.Name)
+			if err != nil {
+				t.abort()
+				return fmt.Errorf("vars shared/%s: re-encrypt for %s: %w", g.Name, strings.Join(want, ", "), err)
+			}
+			files[f.Name] = v
+		}
+		meta, _ := readMeta(dir)
+		if meta == nil {
+			meta = &Meta{Definition: g.DefinitionHash(), Generation: randomID()}
+		}
+		staging, err := t.stage(dir)
+		if err != nil {
+			t.abort()
+			return err
+		}
+		if err := r.writeGenerator(staging, g, files, meta, want); err != nil {
+			t.abort()
+			return fmt.Errorf("vars shared/%s: %w", g.Name, err)
+		}
+		fixed = append(fixed, g.Name)
+	}
+	if len(fixed) == 0 {
+		return nil
+	}
+	if err := t.commit(); err != nil {
+		return err
+	}
+	e.logf("shared/%s: re-encrypted for the machines using it", strings.Join(fixed, ", "))
+	if !e.NoCommit && e.Repo.InGit() {
+		return e.Repo.Commit([]string{e.Repo.Path("vars", "shared"), e.Repo.Path("sops"), e.Repo.Path(HistoryDir)}, "vars: re-encrypt shared "+strings.Join(fixed, ", ")+" for the machines using them")
+	}
+	return nil
 }

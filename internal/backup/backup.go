@@ -1,0 +1,363 @@
+// Package backup writes and restores a single archive of VMs: their
+// machine files, their vars and history exactly as stored (sops-encrypted
+// secrets stay encrypted — a backup holds no plaintext secret), their keys'
+// metadata (public keys, and the machine keys as the repository stores
+// them: encrypted to the users), and their registrations.
+//
+// The archive is a gzipped tar whose first member, credvm-backup.json,
+// lists every other member with its SHA-256. Restore reads and checks the
+// whole archive before it writes anything, so a truncated or altered
+// backup restores nothing.
+package backup
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/credvm/credvm/internal/atomicfile"
+	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/vm"
+)
+
+// Format names the manifest's layout.
+const Format = "credvm-backup/1"
+
+const manifestName = "credvm-backup.json"
+
+// Manifest is the archive's table of contents.
+type Manifest struct {
+	Format   string    `json:"format"`
+	Created  time.Time `json:"created"`
+	Repo     string    `json:"source_repository"`
+	Machines []string  `json:"machines"`
+	Entries  []Entry   `json:"entries"`
+}
+
+// Entry is one member.
+type Entry struct {
+	Path   string `json:"path"` // "repo/…" or "state/<m>/vm.json"
+	Type   string `json:"type"` // file, dir, symlink
+	Mode   uint32 `json:"mode,omitempty"`
+	Size   int64  `json:"size,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
+	Target string `json:"target,omitempty"`
+}
+
+// repoPaths are the repository paths belonging to machine m.
+func repoPaths(m string) []string {
+	return []string{
+		path.Join("machines", m),
+		path.Join("vars", "per-machine", m),
+		path.Join("vars-history", "per-machine", m),
+		path.Join("sops", "machines", m),
+		path.Join("sops", "secrets", m+"-age.key"),
+	}
+}
+
+// Write archives the machines of r (and their registrations in the state
+// root, where they have one) to w.
+func Write(w io.Writer, r *repo.Repo, stateRoot string, machines []string) (*Manifest, error) {
+	man := &Manifest{Format: Format, Created: time.Now().UTC(), Repo: r.Root, Machines: machines}
+	contents := map[string][]byte{}
+	add := func(archivePath, src string) error {
+		return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(src, p)
+			ap := path.Join(archivePath, filepath.ToSlash(rel))
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			switch {
+			case d.Type()&fs.ModeSymlink != 0:
+				t, err := os.Readlink(p)
+				if err != nil {
+					return err
+				}
+				man.Entries = append(man.Entries, Entry{Path: ap, Type: "symlink", Target: t})
+			case d.IsDir():
+				man.Entries = append(man.Entries, Entry{Path: ap, Type: "dir", Mode: uint32(info.Mode().Perm())})
+			case d.Type().IsRegular():
+				b, err := os.ReadFile(p)
+				if err != nil {
+					return err
+				}
+				sum := sha256.Sum256(b)
+				man.Entries = append(man.Entries, Entry{Path: ap, Type: "file", Mode: uint32(info.Mode().Perm()), Size: int64(len(b)), SHA256: hex.EncodeToString(sum[:])})
+				contents[ap] = b
+			}
+			return nil
+		})
+	}
+	shared := map[string]bool{}
+	for _, m := range machines {
+		spec, err := r.Machine(m)
+		if err != nil {
+			return nil, err
+		}
+		for _, g := range spec.Vars.Generators {
+			if g.Share {
+				shared[g.Name] = true
+			}
+		}
+		for _, p := range repoPaths(m) {
+			if err := add(path.Join("repo", p), r.Path(filepath.FromSlash(p))); err != nil {
+				return nil, err
+			}
+		}
+		vmJSON := filepath.Join(stateRoot, m, "vm.json")
+		if _, err := os.Stat(vmJSON); err == nil {
+			if err := add(path.Join("state", m, "vm.json"), vmJSON); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, g := range slices.Sorted(maps.Keys(shared)) {
+		for _, p := range []string{path.Join("vars", "shared", g), path.Join("vars-history", "shared", g)} {
+			if err := add(path.Join("repo", p), r.Path(filepath.FromSlash(p))); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := add("repo/sops/users", r.Path("sops", "users")); err != nil {
+		return nil, err
+	}
+
+	zw := gzip.NewWriter(w)
+	tw := tar.NewWriter(zw)
+	mb, _ := json.MarshalIndent(man, "", "  ")
+	if err := writeMember(tw, &tar.Header{Name: manifestName, Mode: 0o600, Size: int64(len(mb)), Typeflag: tar.TypeReg}, mb); err != nil {
+		return nil, err
+	}
+	for _, e := range man.Entries {
+		var err error
+		switch e.Type {
+		case "dir":
+			err = writeMember(tw, &tar.Header{Name: e.Path + "/", Mode: int64(e.Mode), Typeflag: tar.TypeDir}, nil)
+		case "symlink":
+			err = writeMember(tw, &tar.Header{Name: e.Path, Linkname: e.Target, Mode: 0o777, Typeflag: tar.TypeSymlink}, nil)
+		case "file":
+			err = writeMember(tw, &tar.Header{Name: e.Path, Mode: int64(e.Mode), Size: e.Size, Typeflag: tar.TypeReg}, contents[e.Path])
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return man, zw.Close()
+}
+
+func writeMember(tw *tar.Writer, h *tar.Header, b []byte) error {
+	h.ModTime = time.Now()
+	if err := tw.WriteHeader(h); err != nil {
+		return err
+	}
+	_, err := tw.Write(b)
+	return err
+}
+
+// Read reads and checks a whole archive: every member listed with the
+// right SHA-256, nothing more, no path leaving its tree.
+func Read(rd io.Reader) (*Manifest, map[string][]byte, error) {
+	corrupt := func(format string, args ...any) error {
+		return fmt.Errorf("the backup is truncated, corrupt or altered: %s; nothing was restored", fmt.Sprintf(format, args...))
+	}
+	zr, err := gzip.NewReader(rd)
+	if err != nil {
+		return nil, nil, corrupt("%v", err)
+	}
+	tr := tar.NewReader(zr)
+	var man *Manifest
+	files := map[string][]byte{}
+	seen := map[string]bool{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, nil, corrupt("%v", err)
+		}
+		b, err := io.ReadAll(io.LimitReader(tr, 1<<30))
+		if err != nil {
+			return nil, nil, corrupt("%v", err)
+		}
+		name := strings.TrimSuffix(h.Name, "/")
+		if man == nil {
+			if name != manifestName {
+				return nil, nil, corrupt("it does not start with %s", manifestName)
+			}
+			man = &Manifest{}
+			if err := json.Unmarshal(b, man); err != nil || man.Format != Format {
+				return nil, nil, corrupt("unreadable manifest")
+			}
+			continue
+		}
+		seen[name] = true
+		if h.Typeflag == tar.TypeReg {
+			files[name] = b
+		}
+	}
+	if man == nil {
+		return nil, nil, corrupt("empty archive")
+	}
+	if _, err := io.Copy(io.Discard, zr); err != nil {
+		return nil, nil, corrupt("%v", err)
+	}
+	listed := map[string]bool{}
+	for _, e := range man.Entries {
+		clean := path.Clean(e.Path)
+		if clean != e.Path || path.IsAbs(clean) || strings.HasPrefix(clean, "../") || (!strings.HasPrefix(clean, "repo/") && !strings.HasPrefix(clean, "state/")) {
+			return nil, nil, corrupt("unsafe path %q", e.Path)
+		}
+		if e.Type == "symlink" && (path.IsAbs(e.Target) || !strings.HasPrefix(path.Clean(path.Join(path.Dir(clean), e.Target)), "repo/")) {
+			return nil, nil, corrupt("link %s points outside the repository", e.Path)
+		}
+		listed[e.Path] = true
+		if !seen[e.Path] {
+			return nil, nil, corrupt("%s is missing", e.Path)
+		}
+		if e.Type == "file" {
+			sum := sha256.Sum256(files[e.Path])
+			if hex.EncodeToString(sum[:]) != e.SHA256 {
+				return nil, nil, corrupt("%s does not match its checksum", e.Path)
+			}
+		}
+	}
+	for p := range seen {
+		if !listed[p] {
+			return nil, nil, corrupt("%s is not in its manifest", p)
+		}
+	}
+	return man, files, nil
+}
+
+// RestoreOptions choose where a backup goes.
+type RestoreOptions struct {
+	Repo      *repo.Repo
+	StateRoot string
+	Force     bool // replace machines that exist
+}
+
+// Restore writes a checked archive into a repository and state root. It
+// refuses machines that exist there (unless Force). Machine directories
+// are assembled aside in the repository, then renamed into place.
+func Restore(man *Manifest, files map[string][]byte, o RestoreOptions) error {
+	r := o.Repo
+	for _, m := range man.Machines {
+		for _, p := range []string{r.Path("machines", m), r.Path("vars", "per-machine", m), filepath.Join(o.StateRoot, m, "vm.json")} {
+			if _, err := os.Stat(p); err == nil && !o.Force {
+				return fmt.Errorf("machine %s exists here already (%s): restore with --force to replace it", m, p)
+			}
+		}
+	}
+	local, err := r.LocalDir()
+	if err != nil {
+		return err
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	stage := filepath.Join(local, "restore-"+hex.EncodeToString(b))
+	defer os.RemoveAll(stage)
+	for _, e := range man.Entries {
+		if !strings.HasPrefix(e.Path, "repo/") {
+			continue
+		}
+		dst := filepath.Join(stage, filepath.FromSlash(strings.TrimPrefix(e.Path, "repo/")))
+		var err error
+		switch e.Type {
+		case "dir":
+			err = os.MkdirAll(dst, 0o755)
+		case "symlink":
+			os.MkdirAll(filepath.Dir(dst), 0o755)
+			err = os.Symlink(e.Target, dst)
+		case "file":
+			os.MkdirAll(filepath.Dir(dst), 0o755)
+			err = os.WriteFile(dst, files[e.Path], fs.FileMode(e.Mode)&0o777)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	// Move each machine's trees into place; shared generators and users
+	// only where the repository has none.
+	var moves [][2]string
+	for _, m := range man.Machines {
+		for _, p := range repoPaths(m) {
+			moves = append(moves, [2]string{filepath.Join(stage, p), r.Path(filepath.FromSlash(p))})
+		}
+	}
+	for _, glob := range []string{"vars/shared/*", "vars-history/shared/*", "sops/users/*"} {
+		ms, _ := filepath.Glob(filepath.Join(stage, glob))
+		for _, src := range ms {
+			rel, _ := filepath.Rel(stage, src)
+			if _, err := os.Stat(r.Path(rel)); err == nil {
+				continue
+			}
+			moves = append(moves, [2]string{src, r.Path(rel)})
+		}
+	}
+	for _, mv := range moves {
+		if _, err := os.Lstat(mv[0]); err != nil {
+			continue
+		}
+		if o.Force {
+			if err := os.RemoveAll(mv[1]); err != nil {
+				return err
+			}
+		}
+		if err := os.MkdirAll(filepath.Dir(mv[1]), 0o755); err != nil {
+			return err
+		}
+		if err := os.Rename(mv[0], mv[1]); err != nil {
+			return err
+		}
+	}
+	// Registrations, pointed at this repository.
+	for _, m := range man.Machines {
+		b, ok := files[path.Join("state", m, "vm.json")]
+		if !ok {
+			continue
+		}
+		var reg vm.Registration
+		if err := json.Unmarshal(b, &reg); err != nil {
+			return fmt.Errorf("machine %s: its registration is unreadable: %w", m, err)
+		}
+		if rel, err := filepath.Rel(man.Repo, reg.Current.File); err == nil && !strings.HasPrefix(rel, "..") {
+			reg.Current.File = r.Path(rel)
+		}
+		reg.Repo = r.Root
+		s := vm.StateDir{Root: o.StateRoot, Name: m}
+		if err := s.Ensure(); err != nil {
+			return err
+		}
+		nb, _ := json.MarshalIndent(&reg, "", "  ")
+		if err := atomicfile.Write(filepath.Join(s.Path(), "vm.json"), append(nb, '\n'), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
