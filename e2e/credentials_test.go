@@ -54,6 +54,9 @@ func TestExampleWorkflow(t *testing.T) {
 
 	b := r.run("app-vm-01", secrets...)
 	b.mustVerify(t)
+	if b.checked != 2 {
+		t.Errorf("QEMU's and credvm's argv and environment were not both searched for secrets (%d)", b.checked)
+	}
 	if !strings.Contains(b.stderr, "5 credentials via smbios") {
 		t.Errorf("want SMBIOS for five small credentials:\n%s", b.stderr)
 	}
@@ -102,6 +105,9 @@ func TestHostileValues(t *testing.T) {
 	r.machine("hostile", toml.String())
 	b := r.run("hostile", secrets...)
 	b.mustVerify(t)
+	if b.checked != 2 {
+		t.Errorf("QEMU's and credvm's argv and environment were not both searched for secrets (%d)", b.checked)
+	}
 	for name, v := range values {
 		if got := b.app[name]; got.size != len(v) || got.sha != sha(v) {
 			t.Errorf("%s: guest service got %d bytes %q…, want %d bytes", name, got.size, got.sha, len(v))

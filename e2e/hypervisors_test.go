@@ -134,8 +134,9 @@ func TestOtherHypervisors(t *testing.T) {
 			for _, v := range secrets {
 				ss = append(ss, []byte(v))
 			}
-			r.checkProcess(itoa(run.PID), hv, ss)
-			r.checkProcess(itoa(run.Supervisor), "credvm supervisor", ss)
+			if n := r.checkProcess(itoa(run.PID), hv, ss) + r.checkProcess(itoa(run.Supervisor), "credvm supervisor", ss); n != 2 {
+				t.Errorf("the running %s and its supervisor were not both searched for secrets", hv)
+			}
 
 			status := r.credvm("status", "app-vm-01", "--state-dir", r.state)
 			if !strings.Contains(status, "app-vm-01: current") || !strings.Contains(status, "hypervisor reports: Running") {

@@ -145,3 +145,63 @@ func TestRotation(t *testing.T) {
 		t.Errorf("after rollback and restart the guest reports %s…, want the old key's digest", d[:12])
 	}
 }
+
+// guestMachine boots the fast guest, reports and powers off.
+func guestMachine() string {
+	return vmSection("fast") + `
+[vars.generators.g]
+script = 'head -c 24 /dev/urandom | od -An -tx1 | tr -d " \n" > "$out/key"'
+runtime_inputs = ["coreutils"]
+files.key = {}
+[credentials]
+KEY = { var = "g/key" }
+`
+}
+
+// TestMigrationAndClone: export a VM's vars to a second repository with
+// another user's key, import them there, and run the VM there: the guest
+// gets the same secret. A clone gets a different one.
+func TestMigrationAndClone(t *testing.T) {
+	needGuests(t)
+	t.Parallel()
+	a := newRepo(t)
+	a.machine("mig", guestMachine())
+	a.credvm("vars", "generate", "mig")
+	key := a.credvm("vars", "get", "mig", "g/key")
+
+	b := newRepo(t) // another user and key
+	pubB := strings.TrimSpace(b.credvm("vars", "keygen", "--json"))
+	var kg struct {
+		PublicKey string `json:"public_key"`
+	}
+	json.Unmarshal([]byte(pubB), &kg)
+	bundle := filepath.Join(t.TempDir(), "mig.bundle")
+	a.credvm("vars", "export", "mig", "--to", kg.PublicKey, "--with-machine-key", "-o", bundle)
+	out := b.credvm("vars", "import", bundle)
+	if !strings.Contains(out, "mig: imported 1 var") {
+		t.Fatalf("import: %s", out)
+	}
+	boot := b.run("mig", []byte(key))
+	boot.mustVerify(t)
+	if got := boot.creds["KEY"]; got.sha != sha([]byte(key)) {
+		t.Errorf("after migration the guest got %s…, want the source's key", got.sha[:12])
+	}
+	// The machine kept its identity (--with-machine-key).
+	ka, _ := os.ReadFile(filepath.Join(a.dir, "sops/machines/mig/key.json"))
+	kb, _ := os.ReadFile(filepath.Join(b.dir, "sops/machines/mig/key.json"))
+	if string(ka) != string(kb) {
+		t.Error("the machine key changed in migration")
+	}
+
+	// Clone in the source repository: its own secret, seen by its guest.
+	a.credvm("clone", "mig", "mig2")
+	key2 := a.credvm("vars", "get", "mig2", "g/key")
+	if key2 == key {
+		t.Fatal("the clone has the same secret")
+	}
+	boot2 := a.run("mig2", []byte(key2))
+	boot2.mustVerify(t)
+	if got := boot2.creds["KEY"]; got.sha != sha([]byte(key2)) {
+		t.Errorf("the clone's guest got %s…, want its own key", got.sha[:12])
+	}
+}
