@@ -360,4 +360,3 @@ func Restore(man *Manifest, files map[string][]byte, o RestoreOptions) error {
 	}
 	return nil
 }
-
