@@ -10,7 +10,7 @@ SOPS_VERSION := v3.13.3
 export CREDVM_TOOLS := $(TOOLS)
 export CREDVM_IMAGES := $(IMAGES)
 
-.PHONY: all build demo test test-short deps tools images clean vet
+.PHONY: all build demo test test-short deps tools images clean vet fuzz
 
 all: build
 
@@ -49,3 +49,15 @@ test-short:
 
 clean:
 	rm -rf $(BIN)
+
+# Coverage-guided fuzzing of the parsers and codecs, FUZZTIME each (their
+# seed corpora, testdata/fuzz/, run in `make test` as ordinary tests).
+FUZZTIME ?= 60s
+FUZZ_TARGETS := internal/sops:FuzzDecrypt internal/spec:FuzzParseMachine \
+	internal/guest:FuzzCredentialRoundTrip internal/guest:FuzzParseType11 \
+	internal/cred:FuzzParseManifest internal/hypervisor/cloudhypervisor:FuzzArgvQuoting
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; echo "==> $$fn ($(FUZZTIME))"; \
+		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
