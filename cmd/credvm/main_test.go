@@ -45,6 +45,8 @@ func TestScript(t *testing.T) {
 			switch cond {
 			case "sops":
 				return os.Getenv("CREDVM_TEST_STRICT") == "1" || testenv.LookTool("sops") != "", nil
+			case "root":
+				return os.Geteuid() == 0, nil
 			case "fixtures":
 				_, err := os.Stat(filepath.Join(testenv.Root(), "..", "shared", "fixtures"))
 				return err == nil || os.Getenv("CREDVM_TEST_STRICT") == "1", nil

@@ -342,7 +342,7 @@ func (r *Repo) DecryptSecret(dir, machine string, user *sops.Identities) ([]byte
 	}
 	mid, merr := r.MachineIdentity(machine, user)
 	if merr != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: your key is not a recipient, and the machine's key cannot be opened either (%v)", err, merr)
 	}
 	return sops.Decrypt(b, mid.List)
 }

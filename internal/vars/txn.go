@@ -75,6 +75,7 @@ func (t *txn) stage(target string) (string, error) {
 		return "", err
 	}
 	if err := os.WriteFile(filepath.Join(staging, markerFile), []byte(t.id+"\n"), 0o644); err != nil {
+		os.RemoveAll(staging)
 		return "", err
 	}
 	t.entries = append(t.entries, txnEntry{

@@ -791,3 +791,35 @@ func TestHistoryAndRollback(t *testing.T) {
 	}
 	leftovers(t, f.dir)
 }
+
+// TestMachineKeyToSomeoneElse: a var only the machine can read, and a
+// machine key encrypted to another user: a clear error naming both, and
+// the stored files untouched.
+func TestMachineKeyToSomeoneElse(t *testing.T) {
+	f := newRepo(t, map[string]string{"vm1": twoGens})
+	if err := f.generate(GenerateOptions{}, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	key := f.get("vm1", "a", "key")
+	mpub, _ := f.e.Repo.MachinePublicKey("vm1")
+	onlyMachine, _ := sops.Encrypt([]byte(key), []string{mpub})
+	os.WriteFile(filepath.Join(f.dir, "vars/per-machine/vm1/a/key/secret"), onlyMachine, 0o644)
+	// Readable through the machine key while the user can open it…
+	if got := f.get("vm1", "a", "key"); got != key {
+		t.Fatal("through the machine key: wrong value")
+	}
+	// …but not once the machine key is encrypted to someone else.
+	other, _ := age.GenerateX25519Identity()
+	mk, _ := f.e.Repo.MachineIdentity("vm1", f.e.User)
+	foreign, _ := sops.Encrypt([]byte(mk.Raw()), []string{other.Recipient().String()})
+	os.WriteFile(filepath.Join(f.dir, "sops/secrets/vm1-age.key/secret"), foreign, 0o644)
+	before := f.snapshot()
+	_, err := f.e.Get("vm1", f.machine("vm1"), "a", "key")
+	want := "vars vm1/a/key: no identity matches the file's recipients: your key is not a recipient, and the machine's key cannot be opened either (machine vm1: decrypt sops/secrets/vm1-age.key/secret: no identity matches the file's recipients)"
+	if err == nil || err.Error() != want {
+		t.Errorf("err = %v\nwant  %s", err, want)
+	}
+	if f.snapshot() != before {
+		t.Error("a failed read changed stored files")
+	}
+}
