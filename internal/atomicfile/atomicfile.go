@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/credvm/credvm/internal/faultinject"
 )
 
 // Write atomically replaces path with data, created with perm (the umask
@@ -41,11 +43,26 @@ func Write(path string, data []byte, perm os.FileMode) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	faultinject.Point("atomicfile.before-rename")
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
 	ok = true
 	return SyncDir(dir)
+}
+
+// RemoveStale removes temporary files a writer of path left behind when
+// it was killed between writing and renaming. Call it only while holding
+// the lock that serialises writers of path.
+func RemoveStale(path string) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	stale, _ := filepath.Glob(filepath.Join(dir, "."+base+".tmp-*"))
+	for _, p := range stale {
+		os.Remove(p)
+	}
 }
 
 // SyncDir fsyncs a directory, making renames and creations in it durable.

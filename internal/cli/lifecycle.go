@@ -122,6 +122,15 @@ func newUpdateCmd(g *globals) *cobra.Command {
 
 func (g *globals) update(name string, restart bool, timeout time.Duration) error {
 	s := g.state(name)
+	if !s.Exists() {
+		_, err := s.Registration()
+		return err
+	}
+	l, err := s.LockState()
+	if err != nil {
+		return err
+	}
+	defer l.Release()
 	reg, err := s.Registration()
 	if err != nil {
 		return err
@@ -154,6 +163,7 @@ func (g *globals) update(name string, restart bool, timeout time.Duration) error
 			return err
 		}
 	}
+	l.Release() // a restart below must not hold up other updates
 	st, err := vm.Inspect(s, false)
 	if err != nil {
 		return err

@@ -145,6 +145,9 @@ func (g *globals) run(name string, fl runFlags, report func(string)) error {
 		}
 		cfgHash = vm.ConfigHash(m)
 	}
+	if err := vars.RecoverIfNeeded(r); err != nil {
+		return err
+	}
 	ids, err := sops.LoadUserIdentities()
 	if err != nil {
 		return fmt.Errorf("reading your age key: %w", err)

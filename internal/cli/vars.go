@@ -47,6 +47,9 @@ func (g *globals) engine() (*vars.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := vars.RecoverIfNeeded(r); err != nil {
+		return nil, err
+	}
 	ids, err := sops.LoadUserIdentities()
 	if err != nil {
 		return nil, fmt.Errorf("reading your age key: %w", err)

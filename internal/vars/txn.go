@@ -215,6 +215,24 @@ func syncTree(dir string) error {
 	})
 }
 
+// RecoverIfNeeded runs Recover under the repository lock when a crashed
+// credvm left a journal or staging directories behind, so that readers
+// too see the finished transaction. Without leftovers it costs two globs.
+func RecoverIfNeeded(r *repo.Repo) error {
+	j, _ := filepath.Glob(r.Path(".credvm", "journal-*.json"))
+	s1, _ := filepath.Glob(r.Path("vars", "per-machine", "*", ".*"+stagingInfix+"*"))
+	s2, _ := filepath.Glob(r.Path("vars", "shared", ".*"+stagingInfix+"*"))
+	if len(j)+len(s1)+len(s2) == 0 {
+		return nil
+	}
+	l, err := r.Lock(nil)
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	return Recover(r)
+}
+
 // Recover finishes or undoes transactions a crashed credvm left behind. It
 // must run under the repository lock, before anything reads the vars.
 func Recover(r *repo.Repo) error {

@@ -94,9 +94,20 @@ func (s StateDir) Registration() (*Registration, error) {
 	return &r, nil
 }
 
-// SaveRegistration writes vm.json atomically.
+// SaveRegistration writes vm.json atomically. The caller holds the state
+// lock (LockState).
 func (s StateDir) SaveRegistration(r *Registration) error {
+	atomicfile.RemoveStale(s.registrationPath())
 	return writeJSON(s.registrationPath(), r)
+}
+
+// LockState serialises changes to the VM's registration (create, update,
+// destroy, restore); readers need no lock, every write being atomic.
+func (s StateDir) LockState() (*lock.Lock, error) {
+	if err := s.Ensure(); err != nil {
+		return nil, err
+	}
+	return lock.Acquire(s.File("state.lock"), "VM "+s.Name, 30*time.Second, nil)
 }
 
 // RunRecord reads run.json; nil when the VM never ran.
@@ -111,8 +122,10 @@ func (s StateDir) RunRecord() (*RunRecord, error) {
 	return &r, nil
 }
 
-// SaveRunRecord writes run.json atomically.
+// SaveRunRecord writes run.json atomically. Only the holder of the run
+// lock writes it.
 func (s StateDir) SaveRunRecord(r *RunRecord) error {
+	atomicfile.RemoveStale(s.runPath())
 	return writeJSON(s.runPath(), r)
 }
 

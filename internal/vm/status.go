@@ -144,11 +144,16 @@ func firstLine(err error) string {
 
 // Create registers a machine of a repository as a VM.
 func Create(s StateDir, r *repo.Repo, m *spec.Machine) error {
-	if s.Exists() {
-		return fmt.Errorf("vm %s already exists (%s); `credvm update %s` applies a changed configuration", s.Name, s.Path(), s.Name)
-	}
 	if err := s.Ensure(); err != nil {
 		return err
+	}
+	l, err := s.LockState()
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	if s.Exists() {
+		return fmt.Errorf("vm %s already exists (%s); `credvm update %s` applies a changed configuration", s.Name, s.Path(), s.Name)
 	}
 	cfg, err := NewConfig(m, r.Path(m.File))
 	if err != nil {
@@ -165,8 +170,13 @@ func Destroy(s StateDir) error {
 	if !s.Exists() {
 		return fmt.Errorf("vm %s does not exist in %s", s.Name, s.Root)
 	}
+	l, err := s.LockState()
+	if err != nil {
+		return err
+	}
+	defer l.Release()
 	// Only what credvm put there; anything else stays and is reported.
-	for _, f := range []string{"vm.json", "run.json", "run.lock", "console.log", "console.log.1", "console.log.2", "console.log.3", "supervisor.log", "qmp.sock"} {
+	for _, f := range []string{"vm.json", "run.json", "run.lock", "state.lock", "console.log", "console.log.1", "console.log.2", "console.log.3", "supervisor.log", "qmp.sock", "ch.sock", "fc.sock", "serial.sock", "vsock.sock", "double.jsonl"} {
 		if err := os.Remove(s.File(f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
