@@ -471,20 +471,28 @@ stays fast with hundreds of VMs.`,
 			errs := make([]error, len(names))
 			var wg sync.WaitGroup
 			sem := make(chan struct{}, 16)
+			inspector := &vm.Inspector{}
 			for i, n := range names {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					sem <- struct{}{}
 					defer func() { <-sem }()
-					sts[i], errs[i] = vm.Inspect(g.state(n), false)
+					sts[i], errs[i] = inspector.Inspect(g.state(n))
 				}()
 			}
 			wg.Wait()
+			// Directories in the state root that hold no VM are not VMs.
+			for i := range names {
+				var nv *vm.NoVMError
+				if errors.As(errs[i], &nv) {
+					sts[i], errs[i] = nil, nil
+				}
+			}
 			if asJSON {
 				out := []*vm.Status{}
 				for i, st := range sts {
-					if errs[i] == nil {
+					if errs[i] == nil && st != nil {
 						out = append(out, st)
 					}
 				}
@@ -493,7 +501,13 @@ stays fast with hundreds of VMs.`,
 				}
 				return errors.Join(errs...)
 			}
-			if len(names) == 0 {
+			shown := 0
+			for i := range names {
+				if sts[i] != nil || errs[i] != nil {
+					shown++
+				}
+			}
+			if shown == 0 {
 				fmt.Fprintf(g.stdout, "no VMs in %s (credvm create NAME)\n", stateRoot(g.stateDir))
 				return nil
 			}
@@ -503,6 +517,9 @@ stays fast with hundreds of VMs.`,
 			for i, st := range sts {
 				if errs[i] != nil {
 					fmt.Fprintf(tw, "%s\t?\terror\t%s\n", names[i], firstLineOf(errs[i]))
+					continue
+				}
+				if st == nil {
 					continue
 				}
 				running := "no"

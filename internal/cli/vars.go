@@ -117,6 +117,7 @@ func newVarsGenerateCmd(g *globals) *cobra.Command {
 		sandbox     string
 		noCommit    bool
 		asJSON      bool
+		jobs        int
 	)
 	cmd := &cobra.Command{
 		Use:   "generate [MACHINE...]",
@@ -152,6 +153,7 @@ Inside a git work tree the changed vars are committed ("vars: update …");
 			}
 			e.Log = g.progress()
 			e.NoCommit = noCommit
+			e.Jobs = jobs
 			e.Sandbox = vars.Sandbox(sandbox)
 			if noSandbox {
 				e.Sandbox = vars.SandboxNone
@@ -213,6 +215,7 @@ Inside a git work tree the changed vars are committed ("vars: update …");
 	f.StringVar(&sandbox, "sandbox", "auto", "sandbox: auto, bwrap, namespaces or none")
 	f.BoolVar(&noCommit, "no-commit", false, "do not git-commit the changed vars")
 	f.BoolVar(&asJSON, "json", false, "print what was generated as JSON")
+	f.IntVarP(&jobs, "jobs", "j", 0, "machines generated at once (default: one per CPU, at least 2)")
 	return cmd
 }
 

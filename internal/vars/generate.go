@@ -198,7 +198,11 @@ func (e *Engine) Generate(ctx context.Context, machines []*spec.Machine, opts Ge
 
 	results = make([]Result, len(plans))
 	errs := make([]error, len(plans))
-	sem := make(chan struct{}, max(2, runtime.NumCPU()))
+	jobs := e.Jobs
+	if jobs <= 0 {
+		jobs = max(2, runtime.NumCPU())
+	}
+	sem := make(chan struct{}, jobs)
 	var wg sync.WaitGroup
 	for i, p := range plans {
 		results[i] = Result{Machine: p.m.Name}

@@ -70,6 +70,9 @@ type Engine struct {
 	Log io.Writer
 	// NoCommit skips the git commit of changed vars.
 	NoCommit bool
+	// Jobs bounds how many machines generate at once (0: one per CPU,
+	// at least two).
+	Jobs int
 
 	inputs inputResolver
 }

@@ -41,16 +41,37 @@ func resolve(m *spec.Machine) resolved {
 		paths = append(paths, d.Image)
 	}
 	for _, p := range paths {
-		if p == "" {
-			continue
-		}
-		if fi, err := os.Stat(p); err == nil {
-			r.Files[p] = fmt.Sprintf("%d bytes, modified %s", fi.Size(), fi.ModTime().UTC().Format(time.RFC3339Nano))
-		} else {
-			r.Files[p] = "missing"
+		if p != "" {
+			r.Files[p] = fileIdentity(p)
 		}
 	}
 	return r
+}
+
+func fileIdentity(p string) string {
+	if fi, err := os.Stat(p); err == nil {
+		return fmt.Sprintf("%d bytes, modified %s", fi.Size(), fi.ModTime().UTC().Format(time.RFC3339Nano))
+	}
+	return "missing"
+}
+
+// unchanged reports, cheaply, whether the machine file at path still has
+// the content of cfg and every file it boots from the same identity —
+// without parsing anything. false means "maybe changed": parse to know.
+func (cfg *Config) unchanged(path string) bool {
+	if cfg.Files == nil || path != cfg.File {
+		return false
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || string(b) != cfg.Content {
+		return false
+	}
+	for p, id := range cfg.Files {
+		if fileIdentity(p) != id {
+			return false
+		}
+	}
+	return true
 }
 
 // ConfigHash is the hash of a machine's resolved configuration.
@@ -168,5 +189,5 @@ func NewConfig(m *spec.Machine, absFile string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	return Config{File: absFile, Content: string(b), Hash: ConfigHash(m), Updated: time.Now().UTC()}, nil
+	return Config{File: absFile, Content: string(b), Hash: ConfigHash(m), Updated: time.Now().UTC(), Files: resolve(m).Files}, nil
 }

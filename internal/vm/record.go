@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/credvm/credvm/internal/atomicfile"
@@ -32,6 +31,10 @@ type Config struct {
 	Content string    `json:"content"`
 	Hash    string    `json:"hash"`
 	Updated time.Time `json:"updated"`
+	// Files are the identities (size, mtime) of the files the VM boots
+	// from, as the hash covered them: with the machine file's content,
+	// they let `list` see "unchanged" without parsing anything.
+	Files map[string]string `json:"files,omitempty"`
 }
 
 // RunRecord is run.json: the VM's current or last run, kept by the
@@ -87,7 +90,7 @@ func (s StateDir) Registration() (*Registration, error) {
 	var r Registration
 	if err := readJSON(s.registrationPath(), &r); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("vm %s does not exist in %s: create it with `credvm create %s`", s.Name, s.Root, s.Name)
+			return nil, &NoVMError{s.Name, s.Root}
 		}
 		return nil, fmt.Errorf("vm %s: %w", s.Name, err)
 	}
@@ -148,6 +151,13 @@ func writeJSON(path string, v any) error {
 	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }
 
+// NoVMError says a name has no VM in a state root.
+type NoVMError struct{ Name, Root string }
+
+func (e *NoVMError) Error() string {
+	return fmt.Sprintf("vm %s does not exist in %s: create it with `credvm create %s`", e.Name, e.Root, e.Name)
+}
+
 // List returns the names of the VMs in a state root.
 func List(root string) ([]string, error) {
 	entries, err := os.ReadDir(root)
@@ -157,12 +167,12 @@ func List(root string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Every directory is a candidate; one without vm.json reports a
+	// NoVMError when inspected (no stat here: list stays one read per VM).
 	var names []string
 	for _, e := range entries {
 		if e.IsDir() {
-			if _, err := os.Stat(filepath.Join(root, e.Name(), "vm.json")); err == nil {
-				names = append(names, e.Name())
-			}
+			names = append(names, e.Name())
 		}
 	}
 	return names, nil

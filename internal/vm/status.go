@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/credvm/credvm/internal/hypervisor"
 	"github.com/credvm/credvm/internal/repo"
@@ -43,20 +44,56 @@ type Status struct {
 	ConsoleLog string `json:"console_log"`
 }
 
-// Inspect computes a VM's status. It reads small files only — the VM's
-// records, its machine file in the repository and the vars' metadata — so
-// that listing hundreds of VMs stays fast. With probe, it also asks a
-// running hypervisor for its VM's state (one round trip on its socket).
+// Inspect computes a VM's status; see Inspector.
 func Inspect(s StateDir, probe bool) (*Status, error) {
+	return (&Inspector{Probe: probe}).Inspect(s)
+}
+
+// Inspector computes VMs' statuses. It reads small files only — the VM's
+// records, its machine file in the repository and the vars' metadata — and
+// opens each repository once, so that listing hundreds of VMs stays fast.
+// With Probe, it also asks a running hypervisor for its VM's state (one
+// round trip on its socket). It is safe for concurrent use.
+type Inspector struct {
+	Probe bool
+	mu    sync.Mutex
+	repos map[string]*repoResult
+}
+
+type repoResult struct {
+	r   *repo.Repo
+	err error
+}
+
+func (in *Inspector) repo(root string) (*repo.Repo, error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.repos == nil {
+		in.repos = map[string]*repoResult{}
+	}
+	if rr, ok := in.repos[root]; ok {
+		return rr.r, rr.err
+	}
+	r, err := repo.Open(root)
+	in.repos[root] = &repoResult{r, err}
+	return r, err
+}
+
+// Inspect computes one VM's status.
+func (in *Inspector) Inspect(s StateDir) (*Status, error) {
+	probe := in.Probe
 	reg, err := s.Registration()
 	if err != nil {
 		return nil, err
 	}
 	st := &Status{Name: s.Name, Repo: reg.Repo, Current: reg.Current.Hash, ConsoleLog: s.Console()}
 	st.Running, st.PID = s.Running()
-	rec, err := s.RunRecord()
-	if err != nil {
-		return nil, err
+	var rec *RunRecord
+	if _, err := os.Stat(s.RunLock()); err == nil {
+		// A VM that never ran has no run lock (nor run record).
+		if rec, err = s.RunRecord(); err != nil {
+			return nil, err
+		}
 	}
 	st.Run = rec
 	if rec != nil && st.Running {
@@ -64,13 +101,12 @@ func Inspect(s StateDir, probe bool) (*Status, error) {
 	}
 
 	// Outdated: the repository moved on since `update`.
-	r, err := repo.Open(reg.Repo)
+	r, err := in.repo(reg.Repo)
 	if err != nil {
 		st.Reasons = append(st.Reasons, "repository unreadable: "+err.Error())
 	}
-	var repoMachine *spec.Machine
-	if r != nil {
-		repoMachine, err = r.Machine(s.Name)
+	if r != nil && !reg.Current.unchanged(r.Path("machines", s.Name, filepath.Base(reg.Current.File))) {
+		repoMachine, err := r.Machine(s.Name)
 		if err != nil {
 			st.Reasons = append(st.Reasons, "machine file unreadable: "+firstLine(err))
 		} else if ConfigHash(repoMachine) != reg.Current.Hash {
