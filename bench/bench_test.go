@@ -342,4 +342,3 @@ cmdline = "console=ttyS0 rdinit=/lib/systemd/systemd panic=-1"
 		}
 	}
 }
-
