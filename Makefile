@@ -10,7 +10,7 @@ SOPS_VERSION := v3.13.3
 export CREDVM_TOOLS := $(TOOLS)
 export CREDVM_IMAGES := $(IMAGES)
 
-.PHONY: all build demo test test-short deps tools images clean vet fuzz
+.PHONY: all build demo test test-short deps tools images clean vet fuzz bench
 
 all: build
 
@@ -61,3 +61,12 @@ fuzz:
 		pkg=$${t%%:*}; fn=$${t##*:}; echo "==> $$fn ($(FUZZTIME))"; \
 		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) || exit 1; \
 	done
+
+# Benchmarks (bench/README.md): ratios against the baselines, from one run.
+bench: deps build images
+	@echo "==> start overhead and list at scale"
+	CREDVM_IMAGES=$(IMAGES) $(GO) test ./bench -run '^$$' -bench 'Start|List' -benchtime 10x -timeout 30m
+	@echo "==> generation throughput (100 machines x 3 generators)"
+	CREDVM_IMAGES=$(IMAGES) $(GO) test ./bench -run '^$$' -bench 'Generate' -benchtime 1x -timeout 30m
+	@echo "==> boot cost of credentials (systemd guest, TCG)"
+	CREDVM_IMAGES=$(IMAGES) $(GO) test ./bench -run '^$$' -bench 'Boot' -benchtime 1x -timeout 30m

@@ -5,6 +5,7 @@
 package bench
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -106,6 +107,41 @@ func timeCmd(b testing.TB, cmd *exec.Cmd) (time.Duration, int64) {
 	return d, ru.Maxrss
 }
 
+// timeRun runs `credvm run` and returns its wall time and credvm's own
+// peak RSS (KiB), sampled from /proc while it runs: rusage would report
+// the largest of its children, QEMU with the guest's memory.
+func timeRun(b testing.TB, cmd *exec.Cmd) (time.Duration, int64) {
+	b.Helper()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var hwm int64
+	status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				b.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out.String())
+			}
+			return time.Since(start), hwm
+		case <-time.After(50 * time.Millisecond):
+			if st, err := os.ReadFile(status); err == nil {
+				for _, l := range strings.Split(string(st), "\n") {
+					if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+						kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+						hwm = max(hwm, kb)
+					}
+				}
+			}
+		}
+	}
+}
+
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
@@ -193,6 +229,21 @@ files.key = {}
 	}
 	toml := gen(0) + gen(1) + gen(2)
 	scriptDir := b.TempDir()
+	// bubblewrap's own fixed cost per sandbox, for reference: credvm's
+	// sandboxed overhead is this plus its own.
+	if bwrap, err := exec.LookPath("bwrap"); err == nil {
+		const n = 20
+		start := time.Now()
+		for range n {
+			c := exec.Command(bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+				"--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+				"--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true")
+			if out, err := c.CombinedOutput(); err != nil {
+				b.Fatalf("bwrap: %v %s", err, out)
+			}
+		}
+		b.ReportMetric(ms(time.Since(start))/n, "bwrap-alone-ms")
+	}
 	for range b.N {
 		// Baseline: the 300 scripts, one after another, in a shell loop.
 		loop := fmt.Sprintf(`for m in $(seq %d); do for g in 1 2 3; do out=%s/$m-$g; mkdir -p $out; openssl rand -base64 32 | tr -d "\n" > "$out/key"; done; done`, machines, scriptDir)
@@ -325,7 +376,7 @@ cmdline = "console=ttyS0 rdinit=/lib/systemd/systemd panic=-1"
 					for range boots {
 						c := exec.Command(credvmBin, "run", "boot", "--state-dir", f.state, "-q")
 						c.Env, c.Dir = f.env, f.dir
-						d, r := timeCmd(b, c)
+						d, r := timeRun(b, c)
 						ts = append(ts, d)
 						rss = max(rss, r)
 					}

@@ -251,9 +251,20 @@ func (r *Repo) Recipients(machines, users []string) ([]string, error) {
 
 // WriteSecret writes dir/secret, the plaintext encrypted to the given
 // machines and users, and clan's recipient links dir/machines/<m> and
-// dir/users/<u>. The secret file is replaced atomically; links that no
-// longer apply are removed.
+// dir/users/<u>. The secret file is replaced atomically and durably; links
+// that no longer apply are removed.
 func (r *Repo) WriteSecret(dir string, plaintext []byte, machines, users []string) error {
+	return r.writeSecret(dir, plaintext, machines, users, true)
+}
+
+// StageSecret is WriteSecret into a staging directory that its
+// transaction makes durable as a whole before committing it: no fsync per
+// file.
+func (r *Repo) StageSecret(dir string, plaintext []byte, machines, users []string) error {
+	return r.writeSecret(dir, plaintext, machines, users, false)
+}
+
+func (r *Repo) writeSecret(dir string, plaintext []byte, machines, users []string, durable bool) error {
 	rcpts, err := r.Recipients(machines, users)
 	if err != nil {
 		return err
@@ -265,7 +276,12 @@ func (r *Repo) WriteSecret(dir string, plaintext []byte, machines, users []strin
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := atomicfile.Write(filepath.Join(dir, "secret"), enc, 0o644); err != nil {
+	if durable {
+		err = atomicfile.Write(filepath.Join(dir, "secret"), enc, 0o644)
+	} else {
+		err = os.WriteFile(filepath.Join(dir, "secret"), enc, 0o644)
+	}
+	if err != nil {
 		return err
 	}
 	if err := r.link(dir, "machines", machines); err != nil {

@@ -17,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/faultinject"
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
@@ -95,6 +94,7 @@ func (e *Engine) Generate(ctx context.Context, machines []*spec.Machine, opts Ge
 	if err != nil {
 		return nil, err
 	}
+	defer e.inputs.removeBins()
 	users, err := e.recipientUsers()
 	if err != nil {
 		return nil, err
@@ -373,11 +373,12 @@ func (r *runner) writeGenerator(dir string, g *spec.Generator, files map[string]
 	for _, f := range g.SortedFiles() {
 		fdir := filepath.Join(dir, f.Name)
 		content := files[f.Name]
+		// dir is a staging directory: its transaction syncs it whole.
 		if !f.IsSecret() {
 			if err := os.MkdirAll(fdir, 0o755); err != nil {
 				return err
 			}
-			if err := atomicfile.Write(filepath.Join(fdir, "value"), content, 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(fdir, "value"), content, 0o644); err != nil {
 				return err
 			}
 			continue
@@ -391,17 +392,17 @@ func (r *runner) writeGenerator(dir string, g *spec.Generator, files map[string]
 				}
 			}
 		}
-		if err := e.Repo.WriteSecret(fdir, content, to, r.users); err != nil {
+		if err := e.Repo.StageSecret(fdir, content, to, r.users); err != nil {
 			return fmt.Errorf("%s: %w", f.Name, err)
 		}
 	}
 	if h := g.ValidationHash(); h != "" {
-		if err := atomicfile.Write(filepath.Join(dir, ValidationFile), []byte(h), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, ValidationFile), []byte(h), 0o644); err != nil {
 			return err
 		}
 	}
 	b, _ := json.MarshalIndent(meta, "", "  ")
-	return atomicfile.Write(filepath.Join(dir, MetaFile), append(b, '\n'), 0o644)
+	return os.WriteFile(filepath.Join(dir, MetaFile), append(b, '\n'), 0o644)
 }
 
 // run runs one generator's script in a fresh workspace and returns its
@@ -447,15 +448,16 @@ func (r *runner) run(ctx context.Context, label, machine string, g *spec.Generat
 		}
 		known = append(known, v)
 	}
-	if err := e.inputs.makeBinDir(ws.bin, g.RuntimeInputs); err != nil {
+	bin, err := e.inputs.binDir(filepath.Dir(ws.root), g.RuntimeInputs)
+	if err != nil {
 		return nil, fmt.Errorf("vars %s: %w", name, err)
 	}
 	if err := os.WriteFile(ws.script, []byte(g.Script), 0o500); err != nil {
 		return nil, err
 	}
 
-	sc := &scriptCmd{sandbox: r.sandbox, bwrap: r.bwrap, ws: ws, env: []string{
-		"PATH=" + ws.bin,
+	sc := &scriptCmd{sandbox: r.sandbox, bwrap: r.bwrap, ws: ws, bin: bin, env: []string{
+		"PATH=" + bin,
 		"out=" + ws.out,
 		"in=" + ws.in,
 		"prompts=" + ws.prompts,
@@ -545,7 +547,7 @@ func (t *tailBuffer) tail(lines int) string {
 // outputs, in/<dep>/<file> for its inputs, prompts/<name>, bin/ (its
 // PATH), tmp/ and the script itself.
 type workspace struct {
-	root, out, in, prompts, bin, tmp, script string
+	root, out, in, prompts, tmp, script string
 }
 
 // workspaceBase is a private (0700) directory for workspaces, on tmpfs
@@ -595,7 +597,6 @@ func newWorkspace() (*workspace, error) {
 		out:     filepath.Join(root, "out"),
 		in:      filepath.Join(root, "in"),
 		prompts: filepath.Join(root, "prompts"),
-		bin:     filepath.Join(root, "bin"),
 		tmp:     filepath.Join(root, "tmp"),
 		script:  filepath.Join(root, "script.sh"),
 	}

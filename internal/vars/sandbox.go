@@ -59,10 +59,56 @@ func resolveSandbox(s Sandbox) (Sandbox, string, error) {
 
 // inputResolver maps runtime inputs to executables: a command on $PATH, or
 // else an installed Debian package's commands (so the clan-style
-// runtime_inputs = ["coreutils"] works).
+// runtime_inputs = ["coreutils"] works). It also keeps the PATH
+// directories it built, one per distinct set of inputs, for the run.
 type inputResolver struct {
 	mu    sync.Mutex
 	cache map[string][]string
+	bins  map[string]string // sorted inputs → bin directory
+}
+
+// binDir returns a directory holding the base commands and inputs, built
+// once per distinct set of inputs under base and shared by the run's
+// generators (read-only to them).
+func (r *inputResolver) binDir(base string, inputs []string) (string, error) {
+	key := strings.Join(slices.Sorted(slices.Values(inputs)), "\x00")
+	r.mu.Lock()
+	if d, ok := r.bins[key]; ok {
+		r.mu.Unlock()
+		return d, nil
+	}
+	r.mu.Unlock()
+	// Named like a workspace, so a crashed run's are cleaned the same way.
+	d, err := os.MkdirTemp(base, fmt.Sprintf("gen-%d-bin-", os.Getpid()))
+	if err != nil {
+		return "", err
+	}
+	if err := r.makeBinDir(d, inputs); err != nil {
+		os.RemoveAll(d)
+		return "", err
+	}
+	os.Chmod(d, 0o755)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bins == nil {
+		r.bins = map[string]string{}
+	}
+	if prev, ok := r.bins[key]; ok { // built concurrently: keep one
+		os.RemoveAll(d)
+		return prev, nil
+	}
+	r.bins[key] = d
+	return d, nil
+}
+
+// removeBins removes the run's PATH directories.
+func (r *inputResolver) removeBins() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, d := range r.bins {
+		os.RemoveAll(d)
+	}
+	r.bins = nil
 }
 
 func (r *inputResolver) resolve(name string) ([]string, error) {
@@ -157,6 +203,7 @@ type scriptCmd struct {
 	sandbox Sandbox
 	bwrap   string
 	ws      *workspace
+	bin     string // the script's PATH
 	env     []string
 }
 
@@ -182,6 +229,7 @@ func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
 		}
 		args = append(args,
 			"--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+			"--ro-bind", s.bin, s.bin,
 			"--ro-bind", s.ws.root, s.ws.root,
 			"--bind", s.ws.out, s.ws.out,
 			"--chdir", "/tmp",

@@ -108,11 +108,9 @@ func (t *txn) commit() error {
 	if len(t.entries) == 0 {
 		return nil
 	}
-	for _, e := range t.entries {
-		if err := syncTree(e.Staging); err != nil {
-			t.abort()
-			return fmt.Errorf("sync %s: %w", t.repo.Rel(e.Staging), err)
-		}
+	if err := syncStaged(t.entries); err != nil {
+		t.abort()
+		return fmt.Errorf("sync staged vars: %w", err)
 	}
 	faultinject.Point("vars.staged")
 	jp, err := t.journalPath()
@@ -194,6 +192,27 @@ func exchange(e txnEntry) error {
 func hasMarker(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, markerFile))
 	return err == nil
+}
+
+// syncStaged makes every staged directory durable before the journal is
+// written: one syncfs(2) of the filesystem holding them (the staging
+// directories sit next to their targets, in the repository), or, where
+// that fails, an fsync of every file and directory.
+func syncStaged(entries []txnEntry) error {
+	f, err := os.Open(entries[0].Staging)
+	if err == nil {
+		err = unix.Syncfs(int(f.Fd()))
+		f.Close()
+		if err == nil {
+			return nil
+		}
+	}
+	for _, e := range entries {
+		if err := syncTree(e.Staging); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // syncTree fsyncs every file and directory under dir, so the journal is
