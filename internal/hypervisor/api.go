@@ -79,3 +79,16 @@ func (a *API) Do(method, path string, body, out any) error {
 	}
 	return nil
 }
+
+// State asks an API for a VM's state: GET path, keeping only the answer's
+// "state" field — the rest may hold the VM's configuration, secrets
+// included, and is neither logged nor stored.
+func (a *API) State(path string) (string, error) {
+	var info struct {
+		State string `json:"state"`
+	}
+	if err := a.Do("GET", path, nil, &info); err != nil {
+		return "", err
+	}
+	return info.State, nil
+}

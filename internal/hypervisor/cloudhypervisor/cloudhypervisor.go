@@ -400,11 +400,5 @@ func (in *instance) Shutdown(timeout time.Duration) hypervisor.Exit {
 // kept: the rest of the answer holds the VM's configuration, OEM strings
 // (secrets) included, and is neither logged nor stored.
 func (Driver) Probe(dir string) (string, error) {
-	var info struct {
-		State string `json:"state"`
-	}
-	if err := hypervisor.NewAPI(apiSocket(dir)).Do("GET", "/api/v1/vm.info", nil, &info); err != nil {
-		return "", err
-	}
-	return info.State, nil
+	return hypervisor.NewAPI(apiSocket(dir)).State("/api/v1/vm.info")
 }

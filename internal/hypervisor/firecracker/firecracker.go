@@ -220,11 +220,5 @@ func (in *instance) Shutdown(timeout time.Duration) hypervisor.Exit {
 
 // Probe implements hypervisor.Prober with GET / (the instance's state).
 func (Driver) Probe(dir string) (string, error) {
-	var info struct {
-		State string `json:"state"`
-	}
-	if err := hypervisor.NewAPI(apiSocket(dir)).Do("GET", "/", nil, &info); err != nil {
-		return "", err
-	}
-	return info.State, nil
+	return hypervisor.NewAPI(apiSocket(dir)).State("/")
 }
