@@ -18,7 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/credvm/credvm/internal/cred"
 )
@@ -252,13 +251,4 @@ func Verify(creds []Found) (ok []Found, problems []Problem, err error) {
 		}
 	}
 	return ok, problems, nil
-}
-
-// FormatProblems joins problems for a message.
-func FormatProblems(ps []Problem) string {
-	var s []string
-	for _, p := range ps {
-		s = append(s, p.String())
-	}
-	return strings.Join(s, "; ")
 }

@@ -102,7 +102,3 @@ func (l *Lock) Release() error {
 	l.f = nil
 	return err
 }
-
-// File is the lock's open file, for a child process that must keep the
-// lock held after this process exits (the VM supervisor).
-func (l *Lock) File() *os.File { return l.f }

@@ -45,10 +45,6 @@ func (s StateDir) File(name string) string { return filepath.Join(s.Path(), name
 // Console is the console log.
 func (s StateDir) Console() string { return s.File("console.log") }
 
-// QMP is QEMU's control socket; it can read the VM's memory, so the
-// directory is private to its owner.
-func (s StateDir) QMP() string { return s.File("qmp.sock") }
-
 // Ensure creates the directory (0700; the root 0755) and refuses one that
 // is a symlink or belongs to someone else.
 func (s StateDir) Ensure() error {
