@@ -32,6 +32,7 @@ const EnvRepo = "CREDVM_REPO"
 type Repo struct {
 	Root      string
 	Inventory *spec.Inventory
+	Settings  *spec.Settings // credvm.toml
 }
 
 // ErrNotFound is returned by Find when no repository encloses the directory.
@@ -78,14 +79,15 @@ func Open(root string) (*Repo, error) {
 	if !isDir(abs) {
 		return nil, fmt.Errorf("repository %s: not a directory", root)
 	}
-	if _, err := spec.LoadSettings(filepath.Join(abs, "credvm.toml")); err != nil {
+	settings, err := spec.LoadSettings(filepath.Join(abs, "credvm.toml"))
+	if err != nil {
 		return nil, err
 	}
 	inv, err := spec.LoadInventory(filepath.Join(abs, "inventory.toml"))
 	if err != nil {
 		return nil, err
 	}
-	return &Repo{Root: abs, Inventory: inv}, nil
+	return &Repo{Root: abs, Inventory: inv, Settings: settings}, nil
 }
 
 // Path joins elements onto the root.

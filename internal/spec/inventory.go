@@ -80,7 +80,12 @@ type Settings struct {
 	History struct {
 		Retention string `toml:"retention" json:"retention"`
 	} `toml:"history" json:"history"`
+
+	retention time.Duration
 }
+
+// Retention is the parsed [history] retention; 0 when not set.
+func (s *Settings) Retention() time.Duration { return s.retention }
 
 // LoadSettings reads credvm.toml strictly; a missing file is no settings.
 func LoadSettings(path string) (*Settings, error) {
@@ -98,9 +103,11 @@ func LoadSettings(path string) (*Settings, error) {
 	}
 	ps := doc.unknown
 	if r := s.History.Retention; r != "" {
-		if d, err := time.ParseDuration(r); err != nil || d < 0 {
+		d, err := time.ParseDuration(r)
+		if err != nil || d < 0 {
 			ps = append(ps, doc.problem("history.retention", "invalid duration %q: write one such as \"24h\" or \"168h\"", r))
 		}
+		s.retention = d
 	}
 	if len(ps) > 0 {
 		return nil, ps

@@ -109,10 +109,8 @@ func (e *Engine) History(m *spec.Machine) ([]HistoryEntry, error) {
 
 // retention is how long replaced vars are kept.
 func (e *Engine) retention() time.Duration {
-	if s, err := spec.LoadSettings(e.Repo.Path("credvm.toml")); err == nil && s.History.Retention != "" {
-		if d, err := time.ParseDuration(s.History.Retention); err == nil {
-			return d
-		}
+	if e.Repo.Settings != nil && e.Repo.Settings.History.Retention != "" {
+		return e.Repo.Settings.Retention()
 	}
 	return DefaultRetention
 }

@@ -782,6 +782,9 @@ func TestHistoryAndRollback(t *testing.T) {
 	}
 
 	os.WriteFile(filepath.Join(f.dir, "credvm.toml"), []byte("[history]\nretention = \"0s\"\n"), 0o644)
+	if f.e.Repo, err = repo.Open(f.dir); err != nil { // settings are read when the repository is opened
+		t.Fatal(err)
+	}
 	n, err := f.e.PruneHistory()
 	if err != nil || n != 2 {
 		t.Errorf("prune with retention 0: removed %d, %v; want 2", n, err)
