@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -44,7 +43,7 @@ share = true means.) When SRC is a created VM, NEW is created too.`,
 			if _, err := os.Stat(dstDir); err == nil {
 				return fmt.Errorf("machine %s exists already (%s)", dst, e.Repo.Rel(dstDir))
 			}
-			if err := copyDir(e.Repo.Path("machines", src), dstDir); err != nil {
+			if err := os.CopyFS(dstDir, os.DirFS(e.Repo.Path("machines", src))); err != nil {
 				return err
 			}
 			if inv := e.Repo.Inventory.Machines[src]; inv != nil && len(inv.Tags) > 0 {
@@ -83,27 +82,6 @@ share = true means.) When SRC is a created VM, NEW is created too.`,
 	}
 	cmd.Flags().BoolVar(&noCommit, "no-commit", false, "do not git-commit")
 	return cmd
-}
-
-func copyDir(src, dst string) error {
-	return filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		out := filepath.Join(dst, rel)
-		switch {
-		case fi.IsDir():
-			return os.MkdirAll(out, 0o755)
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(out, b, fi.Mode().Perm())
-		}
-		return nil
-	})
 }
 
 func newBackupCmd(g *globals) *cobra.Command {

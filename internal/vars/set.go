@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/credvm/credvm/internal/spec"
 )
@@ -91,7 +92,7 @@ func copyTree(src, dst string, skip func(rel string) bool) error {
 		if rel == "." {
 			return nil
 		}
-		top, _, _ := cutSep(rel)
+		top, _, _ := strings.Cut(rel, string(filepath.Separator))
 		if skip(top) {
 			if d.IsDir() {
 				return filepath.SkipDir
@@ -120,13 +121,4 @@ func copyTree(src, dst string, skip func(rel string) bool) error {
 			return os.WriteFile(out, b, fi.Mode().Perm())
 		}
 	})
-}
-
-func cutSep(p string) (string, string, bool) {
-	for i := 0; i < len(p); i++ {
-		if p[i] == filepath.Separator {
-			return p[:i], p[i+1:], true
-		}
-	}
-	return p, "", false
 }
