@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/credvm/credvm/internal/cli"
+	_ "github.com/credvm/credvm/internal/hypervisor/drivers"
 	"github.com/credvm/credvm/internal/guest"
 )
 

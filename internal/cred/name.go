@@ -9,12 +9,7 @@ import (
 const MaxNameLen = 255
 
 // FwCfgNamePrefix is the fw_cfg directory systemd imports credentials from.
-// A fw_cfg file name is at most 55 bytes, so this 27-byte prefix leaves 28
-// for the credential name.
 const FwCfgNamePrefix = "opt/io.systemd.credentials/"
-
-// MaxFwCfgNameLen is the longest credential name fw_cfg can carry.
-const MaxFwCfgNameLen = 55 - len(FwCfgNamePrefix)
 
 // ReservedPrefix names credentials credvm itself passes (the manifest); a
 // machine may not declare its own under it.

@@ -1,18 +1,12 @@
 package cred
 
-import (
-	"fmt"
-	"strings"
-)
+import "fmt"
 
 // Transport is how credentials reach the guest.
 type Transport string
 
-// Transports.
-const (
-	SMBIOS Transport = "smbios"
-	FwCfg  Transport = "fw_cfg"
-)
+// Each backend names its own transports (qemu.SMBIOS, qemu.FwCfg,
+// cloudhypervisor.OEMStrings, firecracker.Cmdline).
 
 // SMBIOS type-11 limits.
 const (
@@ -36,13 +30,6 @@ const (
 	// the whole type-11 structure (Debian 13). Versions 253–256 were not
 	// measured and get the 252 budget.
 	WholeSMBIOSSystemd = 257
-)
-
-// fw_cfg limits (QEMU): the number of files a machine type leaves for
-// credentials before its file directory is full, measured on QEMU 7.2.
-const (
-	FwCfgSlotsQ35     = 16
-	FwCfgSlotsMicrovm = 23
 )
 
 // SMBIOSBudget is the type-11 budget for a guest with the given systemd
@@ -75,93 +62,33 @@ type Plan struct {
 	// SMBIOSBudget what the guest reads of it.
 	SMBIOSSize   int `json:"smbios_bytes"`
 	SMBIOSBudget int `json:"smbios_budget"`
-	// FwCfgSlots is the number of fw_cfg file slots to ask QEMU for when
-	// the machine type's default leaves too few (0: the default will do).
-	FwCfgSlots int `json:"fw_cfg_slots,omitempty"`
 	// Why explains the choice in one line.
 	Why string `json:"why"`
 }
 
-// QEMUOptions are the facts the planner needs about the VM.
-type QEMUOptions struct {
-	Machine      string // q35, pc, microvm
-	Transport    string // auto, smbios, fw_cfg
-	GuestSystemd int
-	VM           string // machine name, for messages
-}
-
-// PlanQEMU chooses the transport for a QEMU guest and checks every limit.
-// creds must be the machine's credentials without the manifest.
-func PlanQEMU(creds []Credential, o QEMUOptions) (*Plan, error) {
-	total := 0
-	for i := range creds {
-		if err := creds[i].Check(); err != nil {
-			return nil, fmt.Errorf("vm %s: %w", o.VM, err)
-		}
-		total += len(creds[i].Value)
-	}
-	all := append([]Credential{Manifest(creds)}, creds...)
-	total += len(all[0].Value)
-	if total > MaxTotalSize {
-		return nil, fmt.Errorf("vm %s: credentials total %d bytes; systemd accepts at most %d for all of them together", o.VM, total, MaxTotalSize)
-	}
-	p := &Plan{Credentials: all, SMBIOSSize: SMBIOSSize(all), SMBIOSBudget: SMBIOSBudget(o.GuestSystemd)}
-
-	smbiosProblem := ""
-	switch {
-	case o.Machine == "microvm":
-		smbiosProblem = "SMBIOS never reaches a QEMU microvm guest"
-	case len(all) > MaxSMBIOSStrings:
-		smbiosProblem = fmt.Sprintf("%d credentials (with the manifest) exceed the %d strings one SMBIOS structure can hold", len(all), MaxSMBIOSStrings)
-	case p.SMBIOSSize > p.SMBIOSBudget:
-		smbiosProblem = fmt.Sprintf("the credentials need %d bytes of SMBIOS type 11 but %s reads only %d", p.SMBIOSSize, guestDesc(o.GuestSystemd), p.SMBIOSBudget)
-	}
-
-	switch o.Transport {
-	case "smbios":
-		if smbiosProblem != "" {
-			hint := `set transport = "auto" or "fw_cfg" in [vm]`
-			if o.GuestSystemd < WholeSMBIOSSystemd && o.Machine != "microvm" {
-				hint += fmt.Sprintf(`, or guest_systemd = %d if the guest's systemd is that new`, WholeSMBIOSSystemd)
-			}
-			return nil, fmt.Errorf("vm %s: cannot use the forced transport smbios: %s; the guest would get cut or missing credentials, so it is not started: %s", o.VM, smbiosProblem, hint)
-		}
-		p.Transport, p.Why = SMBIOS, "forced by transport = \"smbios\""
-	case "fw_cfg":
-		p.Transport, p.Why = FwCfg, "forced by transport = \"fw_cfg\""
-	default:
-		if smbiosProblem == "" {
-			p.Transport, p.Why = SMBIOS, fmt.Sprintf("fits the SMBIOS budget (%d of %d bytes)", p.SMBIOSSize, p.SMBIOSBudget)
-		} else {
-			p.Transport, p.Why = FwCfg, smbiosProblem
-		}
-	}
-	if p.Transport == FwCfg {
-		for _, c := range all {
-			if len(c.Name) > MaxFwCfgNameLen {
-				return nil, fmt.Errorf("vm %s: credential %s cannot travel by fw_cfg: its name is %d bytes and fw_cfg allows %d (%q + name ≤ 55); shorten the name", o.VM, c.Name, len(c.Name), MaxFwCfgNameLen, FwCfgNamePrefix)
-			}
-		}
-		slots := FwCfgSlotsQ35
-		if o.Machine == "microvm" {
-			slots = FwCfgSlotsMicrovm
-		}
-		if len(all) > slots {
-			// QEMU aborts (exit 134) when its fw_cfg directory is full;
-			// raise the slot count with room to spare.
-			p.FwCfgSlots = max(64, len(all)+32)
-		}
-	}
-	return p, nil
-}
-
-func guestDesc(v int) string {
+// GuestDesc describes a guest by its declared systemd version, for
+// messages about what it can read.
+func GuestDesc(v int) string {
 	if v == 0 {
 		return "a guest with systemd ≤ 252 (the default assumption; set guest_systemd in [vm])"
 	}
 	return fmt.Sprintf("a guest with systemd %d", v)
 }
 
-// EscapeQEMU doubles commas, as QEMU's option parser requires inside a
-// value.
-func EscapeQEMU(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+// PrepareSet checks each credential and the set against systemd's limits
+// and returns it with the manifest first, as every transport sends it.
+func PrepareSet(vmName string, creds []Credential) ([]Credential, error) {
+	total := 0
+	for i := range creds {
+		if err := creds[i].Check(); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", vmName, err)
+		}
+		total += len(creds[i].Value)
+	}
+	all := append([]Credential{Manifest(creds)}, creds...)
+	total += len(all[0].Value)
+	if total > MaxTotalSize {
+		return nil, fmt.Errorf("vm %s: credentials total %d bytes; systemd accepts at most %d for all of them together", vmName, total, MaxTotalSize)
+	}
+	return all, nil
+}

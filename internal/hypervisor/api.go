@@ -3,13 +3,18 @@ package hypervisor
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/credvm/credvm/internal/cred"
 )
 
 // API is an HTTP API served on a unix socket, as cloud-hypervisor and
@@ -91,4 +96,47 @@ func (a *API) State(path string) (string, error) {
 		return "", err
 	}
 	return info.State, nil
+}
+
+// StartWithAPI starts a hypervisor that is configured through its HTTP
+// API on a unix socket — cloud-hypervisor and firecracker — waits for the
+// socket, and sends the configuration with configure. Any failure kills
+// the process and comes back as "vm NAME: BINARY: …", scrubbed of every
+// credential of the plan: an API's answer may quote a request, and
+// requests carry secrets.
+func StartWithAPI(vmName string, cmd *exec.Cmd, socket string, plan *cred.Plan, configure func(*API) error) (*Process, *API, error) {
+	binary := filepath.Base(cmd.Path)
+	p, err := StartProcess(cmd)
+	if err != nil {
+		return nil, nil, fmt.Errorf("vm %s: start %s: %w (install %s)", vmName, binary, err, binary)
+	}
+	fail := func(err error) (*Process, *API, error) {
+		p.Kill()
+		return nil, nil, fmt.Errorf("vm %s: %s: %s", vmName, binary, Scrub(err.Error(), plan))
+	}
+	if err := WaitForSocket(socket, p, 10*time.Second); err != nil {
+		return fail(err)
+	}
+	api := NewAPI(socket)
+	if err := configure(api); err != nil {
+		return fail(err)
+	}
+	return p, api, nil
+}
+
+// Scrub keeps a plan's credential values out of a message built from a
+// hypervisor's output or API answers.
+func Scrub(msg string, plan *cred.Plan) string {
+	if plan == nil {
+		return msg
+	}
+	for i := range plan.Credentials {
+		c := &plan.Credentials[i]
+		for _, s := range []string{string(c.SMBIOSString()), string(c.Value), base64.StdEncoding.EncodeToString(c.Value)} {
+			if len(s) >= 4 {
+				msg = strings.ReplaceAll(msg, s, "[redacted]")
+			}
+		}
+	}
+	return msg
 }

@@ -30,8 +30,12 @@ import (
 
 // Driver is a hypervisor backend.
 type Driver interface {
-	// Name is the hypervisor's name in machine.toml.
-	Name() string
+	// Name is the hypervisor's name in machine.toml; CheckVM checks and
+	// completes a machine's [vm] for this backend when the machine file
+	// is loaded (spec.HypervisorRules), so that every command — `vars
+	// generate` and `creds show` as well as `run` — refuses a setting the
+	// backend cannot carry out, with the file's line.
+	spec.HypervisorRules
 	// Plan decides how creds reach the guest, checking every limit of
 	// the transport before anything starts. It decrypts and starts
 	// nothing, so `credvm creds show` can call it.
@@ -39,6 +43,43 @@ type Driver interface {
 	// Start launches the hypervisor with the planned credentials and
 	// returns once it runs the guest.
 	Start(l Launch) (Instance, error)
+}
+
+var (
+	driversMu sync.RWMutex
+	drivers   = map[string]Driver{}
+)
+
+// Register makes a backend available under its Name, to Lookup and to
+// the machine-file validator. Each backend registers itself from its
+// package's init; package drivers links them all into the program.
+func Register(d Driver) {
+	driversMu.Lock()
+	defer driversMu.Unlock()
+	if _, dup := drivers[d.Name()]; dup {
+		panic("hypervisor: driver " + d.Name() + " registered twice")
+	}
+	drivers[d.Name()] = d
+	spec.RegisterHypervisor(d)
+}
+
+// Lookup returns the registered backend called name.
+func Lookup(name string) (Driver, error) {
+	driversMu.RLock()
+	defer driversMu.RUnlock()
+	if d, ok := drivers[name]; ok {
+		return d, nil
+	}
+	return nil, fmt.Errorf("hypervisor %q is not supported (this credvm knows %s)", name, strings.Join(spec.Hypervisors(), ", "))
+}
+
+// For returns the backend that runs machine m.
+func For(m *spec.Machine) (Driver, error) {
+	d, err := Lookup(m.VM.Hypervisor)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", m.Name, err)
+	}
+	return d, nil
 }
 
 // Launch is what Start needs.

@@ -43,6 +43,20 @@ const exampleJSON = `{
   }
 }`
 
+// testHypervisor stands in for a backend: package hypervisor's drivers
+// import this package, so its tests cannot import them. Their own rules
+// are tested with them (hypervisor/qemu and the others).
+type testHypervisor struct{}
+
+func (testHypervisor) Name() string { return DefaultHypervisor }
+func (testHypervisor) CheckVM(vm *VM, problem ProblemFunc) {
+	if vm.Transport == "fw_cfg" {
+		problem("vm.transport", "the test backend refuses fw_cfg")
+	}
+}
+
+func init() { RegisterHypervisor(testHypervisor{}) }
+
 func TestParseExample(t *testing.T) {
 	for _, tc := range []struct{ file, data string }{
 		{"/r/machines/app-vm-01/machine.toml", example},
@@ -52,7 +66,7 @@ func TestParseExample(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", tc.file, err)
 		}
-		if m.VM.Vcpu != 2 || m.VM.Mem != 1024 || m.VM.Machine != "q35" || m.VM.Transport != "auto" {
+		if m.VM.Vcpu != 2 || m.VM.Mem != 1024 || m.VM.Hypervisor != "qemu" || m.VM.Transport != "auto" {
 			t.Errorf("%s: vm = %+v", tc.file, m.VM)
 		}
 		if m.VM.Kernel != "/r/machines/app-vm-01/vmlinuz" {
@@ -119,8 +133,12 @@ func TestProblems(t *testing.T) {
 			[]string{`machine.toml:5: credentials.A.var: generator "g" declares no file "nope"`}},
 		{"var not deployed", "m", "machine.toml", gen + "deploy = false\n[credentials]\nA = { var = 'g/f' }\n",
 			[]string{`g/f has deploy = false`}},
-		{"smbios on microvm", "m", "machine.toml", "[vm]\nmachine = 'microvm'\ntransport = 'smbios'\n",
-			[]string{"machine.toml:3: vm.transport: SMBIOS never reaches a QEMU microvm guest"}},
+		{"backend's own rule", "m", "machine.toml", "[vm]\nvcpu = 1\ntransport = 'fw_cfg'\n",
+			[]string{"machine.toml:3: vm.transport: the test backend refuses fw_cfg"}},
+		{"unknown hypervisor", "m", "machine.toml", "[vm]\nhypervisor = 'qmeu'\n",
+			[]string{`machine.toml:2: vm.hypervisor: unknown hypervisor "qmeu": use one of "qemu" (did you mean "qemu"?)`}},
+		{"another backend's table", "m", "machine.toml", "[vm.firecracker]\nsecrets_on_cmdline = true\n",
+			[]string{"machine.toml:1: vm.firecracker: settings for firecracker on a qemu machine"}},
 		{"array table", "m", "machine.toml", "[[vm.disks]]\nimage = 'a'\n[[vm.disks]]\nformat = 'vmdk'\n",
 			[]string{"machine.toml:3: vm.disks[1]: a disk needs image", `machine.toml:4: vm.disks[1].format: unknown disk format "vmdk"`}},
 		{"json unknown key", "m", "machine.json", "{\n  \"vm\": {\n    \"vcpus\": 2\n  }\n}",

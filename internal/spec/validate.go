@@ -56,7 +56,8 @@ func SplitVar(ref string) (gen, file string, err error) {
 
 func oneOf(v string, allowed ...string) bool { return slices.Contains(allowed, v) }
 
-func quoteList(allowed ...string) string {
+// QuoteList writes allowed values for a message: "a", "b", "c".
+func QuoteList(allowed ...string) string {
 	q := make([]string, len(allowed))
 	for i, a := range allowed {
 		q[i] = strconv.Quote(a)
@@ -129,7 +130,7 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 				p.Type = "line"
 			}
 			if !oneOf(p.Type, "line", "hidden", "multiline") {
-				add(pkey+".type", "invalid prompt type %q: use one of %s", p.Type, quoteList("line", "hidden", "multiline"))
+				add(pkey+".type", "invalid prompt type %q: use one of %s", p.Type, QuoteList("line", "hidden", "multiline"))
 			}
 		}
 		for i, d := range g.Dependencies {
@@ -208,21 +209,9 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 	return ps
 }
 
-func (vm *VM) validate(add func(key, format string, args ...any), dir string) {
+func (vm *VM) validate(add ProblemFunc, dir string) {
 	if vm.Hypervisor == "" {
-		vm.Hypervisor = "qemu"
-	}
-	if !oneOf(vm.Hypervisor, "qemu", "cloud-hypervisor", "firecracker") {
-		add("vm.hypervisor", "unknown hypervisor %q: use one of %s", vm.Hypervisor, quoteList("qemu", "cloud-hypervisor", "firecracker"))
-	}
-	if vm.Machine == "" && vm.Hypervisor == "qemu" {
-		vm.Machine = "q35"
-	}
-	if vm.Hypervisor == "qemu" && !oneOf(vm.Machine, "q35", "pc", "microvm") {
-		add("vm.machine", "unknown QEMU machine type %q: use one of %s", vm.Machine, quoteList("q35", "pc", "microvm"))
-	}
-	if vm.Hypervisor != "qemu" && vm.Machine != "" {
-		add("vm.machine", "machine types are QEMU's; %s has none", vm.Hypervisor)
+		vm.Hypervisor = DefaultHypervisor
 	}
 	if vm.Vcpu == 0 {
 		vm.Vcpu = 1
@@ -239,20 +228,11 @@ func (vm *VM) validate(add func(key, format string, args ...any), dir string) {
 	if vm.Transport == "" {
 		vm.Transport = "auto"
 	}
-	if !oneOf(vm.Transport, "auto", "smbios", "fw_cfg") {
-		add("vm.transport", "unknown transport %q: use one of %s", vm.Transport, quoteList("auto", "smbios", "fw_cfg"))
-	}
-	if vm.Machine == "microvm" && vm.Transport == "smbios" {
-		add("vm.transport", "SMBIOS never reaches a QEMU microvm guest; use \"fw_cfg\" or \"auto\"")
-	}
-	if vm.Hypervisor != "qemu" && vm.Transport == "fw_cfg" {
-		add("vm.transport", "fw_cfg is a QEMU transport; %s cannot carry it", vm.Hypervisor)
-	}
 	if vm.Accel == "" {
 		vm.Accel = "auto"
 	}
 	if !oneOf(vm.Accel, "auto", "kvm", "tcg") {
-		add("vm.accel", "unknown accel %q: use one of %s", vm.Accel, quoteList("auto", "kvm", "tcg"))
+		add("vm.accel", "unknown accel %q: use one of %s", vm.Accel, QuoteList("auto", "kvm", "tcg"))
 	}
 	if vm.GuestSystemd != 0 && (vm.GuestSystemd < 200 || vm.GuestSystemd > 999) {
 		add("vm.guest_systemd", "guest_systemd is a systemd version such as 252 or 257, not %d", vm.GuestSystemd)
@@ -282,7 +262,7 @@ func (vm *VM) validate(add func(key, format string, args ...any), dir string) {
 			d.Format = "raw"
 		}
 		if !oneOf(d.Format, "raw", "qcow2") {
-			add(key+".format", "unknown disk format %q: use one of %s", d.Format, quoteList("raw", "qcow2"))
+			add(key+".format", "unknown disk format %q: use one of %s", d.Format, QuoteList("raw", "qcow2"))
 		}
 	}
 	tags := map[string]bool{}
@@ -293,7 +273,7 @@ func (vm *VM) validate(add func(key, format string, args ...any), dir string) {
 			s.Proto = "virtiofs"
 		}
 		if !oneOf(s.Proto, "virtiofs", "9p") {
-			add(key+".proto", "unknown share protocol %q: use one of %s", s.Proto, quoteList("virtiofs", "9p"))
+			add(key+".proto", "unknown share protocol %q: use one of %s", s.Proto, QuoteList("virtiofs", "9p"))
 		}
 		if s.Source == "" {
 			add(key, "a share needs source = \"/host/dir\"")
@@ -312,7 +292,7 @@ func (vm *VM) validate(add func(key, format string, args ...any), dir string) {
 		n := &vm.Interfaces[i]
 		key := fmt.Sprintf("vm.interfaces[%d]", i)
 		if !oneOf(n.Type, "user", "tap") {
-			add(key+".type", "unknown interface type %q: use one of %s", n.Type, quoteList("user", "tap"))
+			add(key+".type", "unknown interface type %q: use one of %s", n.Type, QuoteList("user", "tap"))
 		}
 		if n.Type == "tap" && (n.ID == "" || len(n.ID) > 15) {
 			add(key+".id", "a tap interface needs id = the tap device's name (at most 15 characters)")
@@ -345,12 +325,7 @@ func (vm *VM) validate(add func(key, format string, args ...any), dir string) {
 			add("vm.health.tcp", "invalid address %q: write HOST:PORT such as \"127.0.0.1:8080\"", h.TCP)
 		}
 	}
-	if vm.CloudHypervisor.OEMStringsOnArgv && vm.Hypervisor != "cloud-hypervisor" {
-		add("vm.cloud_hypervisor", "settings for cloud-hypervisor on a %s machine", vm.Hypervisor)
-	}
-	if vm.Firecracker.SecretsOnCmdline && vm.Hypervisor != "firecracker" {
-		add("vm.firecracker", "settings for firecracker on a %s machine", vm.Hypervisor)
-	}
+	vm.checkHypervisor(add)
 }
 
 // resolve makes p absolute against dir; "" stays "".

@@ -20,6 +20,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/credvm/credvm/internal/faultinject"
+	_ "github.com/credvm/credvm/internal/hypervisor/drivers" // machine files name a hypervisor
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"

@@ -10,9 +10,6 @@ import (
 
 	"github.com/credvm/credvm/internal/cred"
 	"github.com/credvm/credvm/internal/hypervisor"
-	"github.com/credvm/credvm/internal/hypervisor/cloudhypervisor"
-	"github.com/credvm/credvm/internal/hypervisor/firecracker"
-	"github.com/credvm/credvm/internal/hypervisor/qemu"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
@@ -70,23 +67,9 @@ func Credentials(e *vars.Engine, m *spec.Machine, machineKey *sops.Identities) (
 	return out, nil
 }
 
-// Driver returns the backend for the machine's hypervisor: the one place
-// that knows them all.
-func Driver(m *spec.Machine) (hypervisor.Driver, error) {
-	switch m.VM.Hypervisor {
-	case "qemu":
-		return qemu.Driver{}, nil
-	case "cloud-hypervisor":
-		return cloudhypervisor.Driver{}, nil
-	case "firecracker":
-		return firecracker.Driver{}, nil
-	}
-	return nil, fmt.Errorf("vm %s: hypervisor %s is not supported", m.Name, m.VM.Hypervisor)
-}
-
 // Plan decides how the credentials reach this machine's guest.
 func Plan(m *spec.Machine, creds []cred.Credential) (*cred.Plan, error) {
-	d, err := Driver(m)
+	d, err := hypervisor.For(m)
 	if err != nil {
 		return nil, err
 	}

@@ -61,7 +61,7 @@ func Run(ctx context.Context, o RunOptions) (*Result, error) {
 		}
 	}
 	defer wipe(o.Credentials)
-	drv, err := Driver(m)
+	drv, err := hypervisor.For(m)
 	if err != nil {
 		return nil, err
 	}

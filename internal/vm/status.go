@@ -121,7 +121,7 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 		if err != nil {
 			return nil, err
 		}
-		if d, err := Driver(cur); err == nil && probe {
+		if d, err := hypervisor.For(cur); err == nil && probe {
 			if p, ok := d.(hypervisor.Prober); ok {
 				if state, err := p.Probe(s.Path()); err == nil {
 					st.Hypervisor = state

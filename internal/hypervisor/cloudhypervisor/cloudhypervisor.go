@@ -52,34 +52,65 @@ const tableBudget = 60000
 // Driver runs cloud-hypervisor.
 type Driver struct{}
 
+func init() { hypervisor.Register(Driver{}) }
+
 // Name implements hypervisor.Driver.
 func (Driver) Name() string { return "cloud-hypervisor" }
+
+// CheckVM implements spec.HypervisorRules: what cloud-hypervisor can run.
+func (Driver) CheckVM(vm *spec.VM, problem spec.ProblemFunc) {
+	if vm.Machine != "" {
+		problem("vm.machine", "machine types are QEMU's; cloud-hypervisor has none")
+	}
+	if vm.Accel == "tcg" {
+		problem("vm.accel", "cloud-hypervisor needs KVM; accel = \"tcg\" is QEMU's")
+	}
+	switch vm.Transport {
+	case "auto", "smbios":
+	case "fw_cfg":
+		problem("vm.transport", "fw_cfg is a QEMU transport; cloud-hypervisor cannot carry it")
+	default:
+		problem("vm.transport", "unknown transport %q: use one of %s", vm.Transport, spec.QuoteList("auto", "smbios"))
+	}
+	if vm.Firmware == "ovmf" {
+		problem("vm.firmware", "firmware = \"ovmf\" is QEMU's; for cloud-hypervisor give the path of its firmware (CLOUDHV.fd or hypervisor-fw)")
+	}
+	for i, d := range vm.Disks {
+		if d.Format != "raw" {
+			problem(fmt.Sprintf("vm.disks[%d].format", i), "cloud-hypervisor disks are raw images (%s is %s)", d.Image, d.Format)
+		}
+	}
+	for i, n := range vm.Interfaces {
+		if n.Type != "tap" {
+			problem(fmt.Sprintf("vm.interfaces[%d].type", i), "cloud-hypervisor has no user-mode network; use type = \"tap\" with id = a tap device")
+		}
+	}
+	for i, sh := range vm.Shares {
+		if sh.Proto != "virtiofs" {
+			problem(fmt.Sprintf("vm.shares[%d].proto", i), "cloud-hypervisor shares directories with virtiofs only (share %s is %s)", sh.Tag, sh.Proto)
+		}
+	}
+}
 
 // Plan implements hypervisor.Driver. SMBIOS is cloud-hypervisor's only
 // private transport, so a payload over the guest's budget is refused, not
 // moved elsewhere.
 func (Driver) Plan(m *spec.Machine, creds []cred.Credential) (*cred.Plan, error) {
 	argv := m.VM.CloudHypervisor.OEMStringsOnArgv
-	total := 0
-	for i := range creds {
-		if err := creds[i].Check(); err != nil {
-			return nil, fmt.Errorf("vm %s: %w", m.Name, err)
-		}
-		if argv {
+	if argv {
+		for i := range creds {
 			if strings.ContainsAny(creds[i].Name, `,[]"`) {
 				return nil, fmt.Errorf("vm %s: credential %q cannot go on cloud-hypervisor's command line: its option parser splits at , [ ] and \" (rename it, or drop oem_strings_on_argv)", m.Name, creds[i].Name)
 			}
 			creds[i].ForceBinary = true
 		}
-		total += len(creds[i].Value)
 	}
-	all := append([]cred.Credential{cred.Manifest(creds)}, creds...)
+	all, err := cred.PrepareSet(m.Name, creds)
+	if err != nil {
+		return nil, err
+	}
 	if argv {
 		all[0].ForceBinary = true
-	}
-	total += len(all[0].Value)
-	if total > cred.MaxTotalSize {
-		return nil, fmt.Errorf("vm %s: credentials total %d bytes; systemd accepts at most %d for all of them together", m.Name, total, cred.MaxTotalSize)
 	}
 	p := &cred.Plan{Credentials: all, SMBIOSSize: cred.SMBIOSSize(all), SMBIOSBudget: min(cred.SMBIOSBudget(m.VM.GuestSystemd), tableBudget)}
 	switch {
@@ -180,29 +211,17 @@ func Config(name string, vm spec.VM, plan *cred.Plan, dir string) (*VmConfig, er
 		Serial:  &Console{Mode: "Socket", Socket: serialSocket(dir)},
 		Console: &Console{Mode: "Off"},
 	}
-	switch vm.Firmware {
-	case "bios":
-	case "ovmf":
-		return nil, fmt.Errorf("vm %s: firmware = \"ovmf\" is QEMU's; for cloud-hypervisor give the path of its firmware (CLOUDHV.fd or hypervisor-fw)", name)
-	default:
+	if vm.Firmware != "bios" {
 		c.Payload.Firmware = vm.Firmware
 	}
+	// The machine's [vm] passed CheckVM when it was loaded.
 	for _, d := range vm.Disks {
-		if d.Format != "raw" {
-			return nil, fmt.Errorf("vm %s: cloud-hypervisor disks are raw images (%s is %s)", name, d.Image, d.Format)
-		}
 		c.Disks = append(c.Disks, Disk{Path: d.Image, Readonly: d.ReadOnly})
 	}
 	for _, n := range vm.Interfaces {
-		if n.Type != "tap" {
-			return nil, fmt.Errorf("vm %s: cloud-hypervisor has no user-mode network; use type = \"tap\" with id = a tap device", name)
-		}
 		c.Net = append(c.Net, Net{Tap: n.ID, Mac: n.MAC})
 	}
 	for _, s := range vm.Shares {
-		if s.Proto != "virtiofs" {
-			return nil, fmt.Errorf("vm %s: cloud-hypervisor shares directories with virtiofs only (share %s is %s)", name, s.Tag, s.Proto)
-		}
 		socket := s.Socket
 		if socket == "" {
 			socket = filepath.Join(dir, s.Tag+".sock")
@@ -288,9 +307,6 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 		}
 		os.Remove(p) // stale from a crash
 	}
-	if l.VM.Accel == "tcg" {
-		return nil, fmt.Errorf("vm %s: cloud-hypervisor needs KVM; accel = \"tcg\" is QEMU's", l.Name)
-	}
 	args, err := Argv(l.Name, l.VM, l.Plan, l.Dir)
 	if err != nil {
 		return nil, err
@@ -301,42 +317,20 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 			return nil, err
 		}
 	}
-	p, err := hypervisor.StartProcess(exec.Command(Binary, args...))
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: start %s: %w (install cloud-hypervisor)", l.Name, Binary, err)
-	}
-	fail := func(err error) (hypervisor.Instance, error) {
-		p.Kill()
-		return nil, fmt.Errorf("vm %s: %s: %s", l.Name, Binary, scrub(err.Error(), l.Plan))
-	}
-	if err := hypervisor.WaitForSocket(sock, p, 10*time.Second); err != nil {
-		return fail(err)
-	}
-	api := hypervisor.NewAPI(sock)
-	if cfg != nil {
-		if err := api.Do("PUT", "/api/v1/vm.create", cfg, nil); err != nil {
-			return fail(err)
+	p, api, err := hypervisor.StartWithAPI(l.Name, exec.Command(Binary, args...), sock, l.Plan, func(api *hypervisor.API) error {
+		if cfg != nil {
+			if err := api.Do("PUT", "/api/v1/vm.create", cfg, nil); err != nil {
+				return err
+			}
 		}
-	}
-	if err := api.Do("PUT", "/api/v1/vm.boot", nil, nil); err != nil {
-		return fail(err)
+		return api.Do("PUT", "/api/v1/vm.boot", nil, nil)
+	})
+	if err != nil {
+		return nil, err
 	}
 	in := &instance{p: p, api: api, notice: l.Notice, copied: make(chan struct{})}
 	go in.copyConsole(serialSocket(l.Dir), l.Console)
 	return in, nil
-}
-
-// scrub keeps credential strings out of messages built from API answers.
-func scrub(msg string, plan *cred.Plan) string {
-	for i := range plan.Credentials {
-		c := &plan.Credentials[i]
-		for _, s := range []string{string(c.SMBIOSString()), string(c.Value)} {
-			if len(s) >= 4 {
-				msg = strings.ReplaceAll(msg, s, "[redacted]")
-			}
-		}
-	}
-	return msg
 }
 
 type instance struct {

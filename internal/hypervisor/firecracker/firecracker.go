@@ -38,8 +38,49 @@ const MaxCmdline = 2048
 // Driver runs firecracker.
 type Driver struct{}
 
+func init() { hypervisor.Register(Driver{}) }
+
 // Name implements hypervisor.Driver.
 func (Driver) Name() string { return "firecracker" }
+
+// maxVcpus is firecracker's limit.
+const maxVcpus = 32
+
+// CheckVM implements spec.HypervisorRules: what firecracker can run.
+func (Driver) CheckVM(vm *spec.VM, problem spec.ProblemFunc) {
+	if vm.Machine != "" {
+		problem("vm.machine", "machine types are QEMU's; firecracker has none")
+	}
+	if vm.Accel == "tcg" {
+		problem("vm.accel", "firecracker needs KVM; accel = \"tcg\" is QEMU's")
+	}
+	switch vm.Transport {
+	case "auto":
+	case "smbios", "fw_cfg":
+		problem("vm.transport", "firecracker has neither SMBIOS nor fw_cfg: credentials go on the guest kernel command line; leave transport out (or \"auto\")")
+	default:
+		problem("vm.transport", "unknown transport %q: firecracker takes only \"auto\"", vm.Transport)
+	}
+	if vm.Firmware != "bios" {
+		problem("vm.firmware", "firecracker boots a kernel directly and takes no firmware")
+	}
+	if vm.Vcpu > maxVcpus {
+		problem("vm.vcpu", "firecracker takes at most %d vcpus", maxVcpus)
+	}
+	if len(vm.Shares) > 0 {
+		problem("vm.shares", "firecracker has no virtiofs or 9p; drop [[vm.shares]] or use another hypervisor")
+	}
+	for i, d := range vm.Disks {
+		if d.Format != "raw" {
+			problem(fmt.Sprintf("vm.disks[%d].format", i), "firecracker drives are raw images (%s is %s)", d.Image, d.Format)
+		}
+	}
+	for i, n := range vm.Interfaces {
+		if n.Type != "tap" {
+			problem(fmt.Sprintf("vm.interfaces[%d].type", i), "firecracker has no user-mode network; use type = \"tap\" with id = a tap device")
+		}
+	}
+}
 
 // Plan implements hypervisor.Driver.
 func (Driver) Plan(m *spec.Machine, creds []cred.Credential) (*cred.Plan, error) {
@@ -113,15 +154,7 @@ func Requests(name string, vm spec.VM, p *cred.Plan, dir string) ([]Request, err
 	if vm.Kernel == "" {
 		return nil, fmt.Errorf("vm %s: firecracker needs kernel = \"/path/to/vmlinux\" in [vm]", name)
 	}
-	if vm.Firmware != "bios" {
-		return nil, fmt.Errorf("vm %s: firecracker boots a kernel directly and takes no firmware", name)
-	}
-	if len(vm.Shares) > 0 {
-		return nil, fmt.Errorf("vm %s: firecracker has no virtiofs or 9p; drop [[vm.shares]] or use another hypervisor", name)
-	}
-	if vm.Vcpu > 32 {
-		return nil, fmt.Errorf("vm %s: firecracker takes at most 32 vcpus", name)
-	}
+	// The machine's [vm] passed CheckVM when it was loaded.
 	boot := map[string]any{"kernel_image_path": vm.Kernel, "boot_args": BootArgs(vm.Cmdline, p)}
 	if vm.Initrd != "" {
 		boot["initrd_path"] = vm.Initrd
@@ -131,17 +164,11 @@ func Requests(name string, vm spec.VM, p *cred.Plan, dir string) ([]Request, err
 		{"PUT", "/boot-source", boot},
 	}
 	for i, d := range vm.Disks {
-		if d.Format != "raw" {
-			return nil, fmt.Errorf("vm %s: firecracker drives are raw images (%s is %s)", name, d.Image, d.Format)
-		}
 		id := fmt.Sprintf("disk%d", i)
 		reqs = append(reqs, Request{"PUT", "/drives/" + id, map[string]any{
 			"drive_id": id, "path_on_host": d.Image, "is_root_device": false, "is_read_only": d.ReadOnly}})
 	}
 	for i, n := range vm.Interfaces {
-		if n.Type != "tap" {
-			return nil, fmt.Errorf("vm %s: firecracker has no user-mode network; use type = \"tap\" with id = a tap device", name)
-		}
 		id := fmt.Sprintf("net%d", i)
 		body := map[string]any{"iface_id": id, "host_dev_name": n.ID}
 		if n.MAC != "" {
@@ -164,31 +191,22 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 		}
 		os.Remove(p)
 	}
-	if l.VM.Accel == "tcg" {
-		return nil, fmt.Errorf("vm %s: firecracker needs KVM; accel = \"tcg\" is QEMU's", l.Name)
-	}
 	reqs, err := Requests(l.Name, l.VM, l.Plan, l.Dir)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(Binary, "--api-sock", sock)
 	cmd.Stdout = l.Console // firecracker's stdout is the guest's serial console
-	p, err := hypervisor.StartProcess(cmd)
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: start %s: %w (install firecracker)", l.Name, Binary, err)
-	}
-	fail := func(err error) (hypervisor.Instance, error) {
-		p.Kill()
-		return nil, fmt.Errorf("vm %s: %s: %w", l.Name, Binary, err)
-	}
-	if err := hypervisor.WaitForSocket(sock, p, 10*time.Second); err != nil {
-		return fail(err)
-	}
-	api := hypervisor.NewAPI(sock)
-	for _, r := range reqs {
-		if err := api.Do(r.Method, r.Path, r.Body, nil); err != nil {
-			return fail(err)
+	p, api, err := hypervisor.StartWithAPI(l.Name, cmd, sock, l.Plan, func(api *hypervisor.API) error {
+		for _, r := range reqs {
+			if err := api.Do(r.Method, r.Path, r.Body, nil); err != nil {
+				return err
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &instance{p: p, api: api, notice: l.Notice}, nil
 }

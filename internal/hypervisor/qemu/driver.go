@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -19,13 +20,38 @@ import (
 // Driver runs QEMU.
 type Driver struct{}
 
+func init() { hypervisor.Register(Driver{}) }
+
 // Name implements hypervisor.Driver.
 func (Driver) Name() string { return "qemu" }
 
+// Machine types credvm runs.
+var machineTypes = []string{"q35", "pc", "microvm"}
+
+// CheckVM implements spec.HypervisorRules: QEMU's machine types and
+// transports.
+func (Driver) CheckVM(vm *spec.VM, problem spec.ProblemFunc) {
+	if vm.Machine == "" {
+		vm.Machine = "q35"
+	}
+	if !slices.Contains(machineTypes, vm.Machine) {
+		problem("vm.machine", "unknown QEMU machine type %q: use one of %s", vm.Machine, spec.QuoteList(machineTypes...))
+	}
+	switch vm.Transport {
+	case "auto", "fw_cfg":
+	case "smbios":
+		if vm.Machine == "microvm" {
+			problem("vm.transport", "SMBIOS never reaches a QEMU microvm guest; use \"fw_cfg\" or \"auto\"")
+		}
+	default:
+		problem("vm.transport", "unknown transport %q: use one of %s", vm.Transport, spec.QuoteList("auto", "smbios", "fw_cfg"))
+	}
+}
+
 // Plan implements hypervisor.Driver: SMBIOS type 11 while it fits the
-// guest's budget, fw_cfg beyond (see cred.PlanQEMU).
+// guest's budget, fw_cfg beyond (see Plan).
 func (Driver) Plan(m *spec.Machine, creds []cred.Credential) (*cred.Plan, error) {
-	return cred.PlanQEMU(creds, cred.QEMUOptions{Machine: m.VM.Machine, Transport: m.VM.Transport, GuestSystemd: m.VM.GuestSystemd, VM: m.Name})
+	return PlanFor(m, creds)
 }
 
 // QMPSocket is the control socket's path in a state directory.

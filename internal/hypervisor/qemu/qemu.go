@@ -65,7 +65,7 @@ func Args(c Config, firstFD int) ([]string, error) {
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-chardev", "file,id=console,path=" + c.Console,
 		"-serial", "chardev:console",
-		"-qmp", "unix:" + cred.EscapeQEMU(c.QMP) + ",server=on,wait=off",
+		"-qmp", "unix:" + Escape(c.QMP) + ",server=on,wait=off",
 	}
 	if c.Accel == "kvm" {
 		a = append(a, "-cpu", "host")
@@ -107,7 +107,7 @@ func Args(c Config, firstFD int) ([]string, error) {
 	}
 	for i, d := range vm.Disks {
 		id := fmt.Sprintf("disk%d", i)
-		drive := "file=" + cred.EscapeQEMU(d.Image) + ",format=" + d.Format + ",if=none,id=" + id
+		drive := "file=" + Escape(d.Image) + ",format=" + d.Format + ",if=none,id=" + id
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		}
@@ -118,14 +118,14 @@ func Args(c Config, firstFD int) ([]string, error) {
 		id := fmt.Sprintf("fs%d", i)
 		switch s.Proto {
 		case "9p":
-			fsdev := "local,id=" + id + ",path=" + cred.EscapeQEMU(s.Source) + ",security_model=none"
+			fsdev := "local,id=" + id + ",path=" + Escape(s.Source) + ",security_model=none"
 			if s.ReadOnly {
 				fsdev += ",readonly=on"
 			}
 			a = append(a, "-fsdev", fsdev, "-device", dev("virtio-9p-pci", "virtio-9p-device")+",fsdev="+id+",mount_tag="+s.Tag)
 		case "virtiofs":
 			virtiofs = true
-			a = append(a, "-chardev", "socket,id="+id+",path="+cred.EscapeQEMU(s.Socket),
+			a = append(a, "-chardev", "socket,id="+id+",path="+Escape(s.Socket),
 				"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev="+id+",tag="+s.Tag)
 		}
 	}
@@ -155,16 +155,16 @@ func Args(c Config, firstFD int) ([]string, error) {
 		for i, cr := range c.Plan.Credentials {
 			fd := fmt.Sprintf("/dev/fd/%d", firstFD+i)
 			switch c.Plan.Transport {
-			case cred.SMBIOS:
+			case SMBIOS:
 				a = append(a, "-smbios", "type=11,path="+fd)
-			case cred.FwCfg:
-				a = append(a, "-fw_cfg", "name="+cred.EscapeQEMU(cred.FwCfgNamePrefix+cr.Name)+",file="+fd)
+			case FwCfg:
+				a = append(a, "-fw_cfg", "name="+Escape(cred.FwCfgNamePrefix+cr.Name)+",file="+fd)
 			default:
 				return nil, fmt.Errorf("vm %s: QEMU cannot carry transport %q", c.Name, c.Plan.Transport)
 			}
 		}
-		if c.Plan.FwCfgSlots > 0 {
-			a = append(a, "-global", fmt.Sprintf("fw_cfg_io.x-file-slots=%d", c.Plan.FwCfgSlots))
+		if slots := fwCfgSlots(vm.Machine, len(c.Plan.Credentials)); c.Plan.Transport == FwCfg && slots > 0 {
+			a = append(a, "-global", fmt.Sprintf("fw_cfg_io.x-file-slots=%d", slots))
 		}
 	}
 	return a, nil
@@ -173,7 +173,7 @@ func Args(c Config, firstFD int) ([]string, error) {
 // Payload is what the guest reads for credential c under a transport: the
 // whole type-11 string for SMBIOS, the raw value for fw_cfg.
 func Payload(t cred.Transport, c *cred.Credential) []byte {
-	if t == cred.SMBIOS {
+	if t == SMBIOS {
 		return c.SMBIOSString()
 	}
 	return c.Value

@@ -20,7 +20,7 @@ func TestArgs(t *testing.T) {
 		Interfaces: []spec.Interface{{Type: "user", MAC: "02:00:00:00:00:01"}},
 		VsockCID:   3}
 	for _, transport := range []string{"smbios", "fw_cfg"} {
-		plan, err := cred.PlanQEMU(creds, cred.QEMUOptions{Machine: "q35", Transport: transport})
+		plan, err := Plan(creds, Options{Machine: "q35", Transport: transport})
 		if err != nil {
 			t.Fatal(err)
 		}
