@@ -6,8 +6,8 @@ import (
 	"os"
 
 	"github.com/credvm/credvm/internal/cli"
-	_ "github.com/credvm/credvm/internal/hypervisor/drivers"
 	"github.com/credvm/credvm/internal/guest"
+	_ "github.com/credvm/credvm/internal/hypervisor/drivers"
 )
 
 func main() {
