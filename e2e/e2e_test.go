@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credvm/credvm/internal/faultinject"
 	"github.com/credvm/credvm/internal/guestimage"
 	"github.com/credvm/credvm/internal/testenv"
 )
@@ -37,33 +39,32 @@ var (
 	setupFailed string
 )
 
+// TestMain builds credvm and the guest images once, runs the tests and
+// removes what it built (testenv.Main), whether they passed or not.
 func TestMain(m *testing.M) {
-	code := func() int {
-		if skip := setup(); skip != "" {
-			setupFailed = skip
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	flag.Parse()
+	if skip := setup(); skip != "" {
+		setupFailed = skip
+	}
+	testenv.Main(m)
 }
 
 func setup() string {
-	for _, a := range os.Args {
-		if a == "-test.short=true" || a == "-short" {
-			return "short mode"
-		}
+	if testing.Short() {
+		return "short mode"
 	}
-	tmp, err := os.MkdirTemp("", "credvm-e2e-")
+	tmp, err := testenv.TempDir("credvm-e2e-")
 	if err != nil {
 		return err.Error()
 	}
 	credvmBin = filepath.Join(tmp, "credvm")
-	build := exec.Command("go", "build", "-o", credvmBin, "./cmd/credvm")
-	build.Dir = testenv.Root()
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
+	if err := goBuild(credvmBin, "./cmd/credvm"); err != nil {
 		credvmBin = ""
-		return fmt.Sprintf("build credvm: %v\n%s", err, out)
+		return err.Error()
+	}
+	testGuest := filepath.Join(tmp, "testguest")
+	if err := goBuild(testGuest, "./e2e/testguest"); err != nil {
+		return err.Error()
 	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
@@ -78,7 +79,7 @@ func setup() string {
 	}
 	fastInitrd = filepath.Join(tmp, "fast.img")
 	systemdImg = filepath.Join(tmp, "systemd.img")
-	if err := im.FastInitrd(credvmBin, fastInitrd); err != nil {
+	if err := im.FastInitrd(testGuest, fastInitrd); err != nil {
 		return err.Error()
 	}
 	if err := im.SystemdInitrd(credvmBin, systemdImg); err != nil {
@@ -86,6 +87,22 @@ func setup() string {
 	}
 	kernel = im.Kernel()
 	return ""
+}
+
+// goBuild builds a static binary of the module's package pkg — with the
+// fault points when this test binary has them (-tags faultinject).
+func goBuild(out, pkg string) error {
+	args := []string{"build", "-o", out}
+	if faultinject.Enabled {
+		args = append(args, "-tags", "faultinject")
+	}
+	build := exec.Command("go", append(args, pkg)...)
+	build.Dir = testenv.Root()
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+	}
+	return nil
 }
 
 // needCredvm is for tests that run credvm without booting a guest.

@@ -6,14 +6,7 @@ import (
 	"os"
 
 	"github.com/credvm/credvm/internal/cli"
-	"github.com/credvm/credvm/internal/guest"
-	_ "github.com/credvm/credvm/internal/hypervisor/drivers"
+	_ "github.com/credvm/credvm/internal/hypervisor/drivers" // every backend, registered by name
 )
 
-func main() {
-	if guest.IsInit() {
-		// credvm is the whole userspace of a test guest (see guest.Init).
-		os.Exit(guest.Init())
-	}
-	os.Exit(cli.Main())
-}
+func main() { os.Exit(cli.Main()) }

@@ -8,6 +8,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/credvm/credvm/internal/cli"
+	"github.com/credvm/credvm/internal/faultinject"
 	"github.com/credvm/credvm/internal/testenv"
 )
 
@@ -40,6 +41,16 @@ func TestScript(t *testing.T) {
 				env.Setenv("SOPS", p)
 			}
 			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			// need-faultinject fails a scenario that kills credvm at fault
+			// points when they are not compiled in: it would pass for the
+			// wrong reason, or fail without saying why.
+			"need-faultinject": func(ts *testscript.TestScript, neg bool, args []string) {
+				if !faultinject.Enabled {
+					ts.Fatalf("this scenario needs fault points: run the tests with -tags faultinject (make test does)")
+				}
+			},
 		},
 		Condition: func(cond string) (bool, error) {
 			switch cond {

@@ -12,6 +12,7 @@ package backup
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"crypto/rand"
 	"crypto/sha256"
@@ -59,14 +60,28 @@ type Entry struct {
 }
 
 // repoPaths are the repository paths belonging to machine m.
-func repoPaths(m string) []string {
-	return []string{
-		path.Join("machines", m),
-		path.Join("vars", "per-machine", m),
-		path.Join("vars-history", "per-machine", m),
-		path.Join("sops", "machines", m),
-		path.Join("sops", "secrets", m+"-age.key"),
+func repoPaths(m string) []string { return repo.PathsOf(m).All() }
+
+// Created is a written backup.
+type Created struct {
+	Path     string    `json:"path"`
+	Machines []string  `json:"machines"`
+	Entries  int       `json:"entries"`
+	Bytes    int       `json:"bytes"`
+	Manifest *Manifest `json:"-"`
+}
+
+// Create writes a backup of the machines of r to path (0600, atomically).
+func Create(path string, r *repo.Repo, stateRoot string, machines []string) (*Created, error) {
+	var buf bytes.Buffer
+	man, err := Write(&buf, r, stateRoot, machines)
+	if err != nil {
+		return nil, err
 	}
+	if err := atomicfile.Write(path, buf.Bytes(), 0o600); err != nil {
+		return nil, err
+	}
+	return &Created{Path: path, Machines: machines, Entries: len(man.Entries), Bytes: buf.Len(), Manifest: man}, nil
 }
 
 // Write archives the machines of r (and their registrations in the state
@@ -133,7 +148,7 @@ func Write(w io.Writer, r *repo.Repo, stateRoot string, machines []string) (*Man
 		}
 	}
 	for _, g := range slices.Sorted(maps.Keys(shared)) {
-		for _, p := range []string{path.Join("vars", "shared", g), path.Join("vars-history", "shared", g)} {
+		for _, p := range repo.SharedPaths(g) {
 			if err := add(path.Join("repo", p), r.Path(filepath.FromSlash(p))); err != nil {
 				return nil, err
 			}
@@ -252,6 +267,45 @@ func Read(rd io.Reader) (*Manifest, map[string][]byte, error) {
 		}
 	}
 	return man, files, nil
+}
+
+// RestoreFile reads and checks the backup at path, then restores it under
+// the repository's lock, and commits what it wrote inside a git work tree.
+func RestoreFile(path string, o RestoreOptions) (*Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	man, files, err := Read(f)
+	if err != nil {
+		return nil, err
+	}
+	r := o.Repo
+	l, err := r.Lock(nil)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Release()
+	if err := Restore(man, files, o); err != nil {
+		return nil, err
+	}
+	if !r.InGit() {
+		return man, nil
+	}
+	paths := []string{r.Path("sops")}
+	for _, m := range man.Machines {
+		for _, p := range repoPaths(m) {
+			paths = append(paths, r.Path(filepath.FromSlash(p)))
+		}
+	}
+	for _, glob := range []string{"vars/shared", repo.HistoryDir + "/shared"} {
+		paths = append(paths, r.Path(filepath.FromSlash(glob)))
+	}
+	if err := r.Commit(paths, "restore "+strings.Join(man.Machines, ", ")+" from backup"); err != nil {
+		return man, fmt.Errorf("restored, but the git commit failed: %w", err)
+	}
+	return man, nil
 }
 
 // RestoreOptions choose where a backup goes.

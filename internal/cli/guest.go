@@ -2,8 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"os"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -17,38 +15,19 @@ func newGuestCmd(g *globals) *cobra.Command {
 		Long: `Commands to run inside a VM started by credvm. They read the credentials
 the hypervisor passed, by the rules systemd uses — SMBIOS type 11
 (/sys/firmware/dmi/entries/11-*/raw), QEMU fw_cfg
-(/sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials/) and what
-systemd imported (/run/credentials/@system) — and print names, sizes and
-SHA-256 digests, never values. Build credvm with CGO_ENABLED=0 to get a
-static binary that runs in any guest.`,
+(/sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials/), the kernel
+command line, and what systemd imported (/run/credentials/@system) — and
+print names, sizes and SHA-256 digests, never values. Build credvm with
+CGO_ENABLED=0 to get a static binary that runs in any guest.`,
 	}
 	var source string
-	var root string
 	var whole bool
 	read := func() ([]guest.Found, error) {
-		r := &guest.Reader{Root: root, SMBIOSSingleRead: !whole}
-		switch source {
-		case "smbios":
-			return r.SMBIOS()
-		case "fw_cfg":
-			return r.FwCfg()
-		case "system":
-			return r.System()
-		case "firmware":
-			return r.Merged()
-		case "auto":
-			if _, err := os.Stat(root + guest.SystemCreds); err == nil {
-				return r.System()
-			}
-			return r.Merged()
-		}
-		return nil, fmt.Errorf("unknown source %q: use auto, system, firmware, smbios or fw_cfg", source)
+		return (&guest.Reader{Root: "/", SMBIOSSingleRead: !whole}).Read(source)
 	}
 	addFlags := func(c *cobra.Command) {
-		c.Flags().StringVar(&source, "source", "auto", "where to read: system (/run/credentials/@system), firmware (fw_cfg then SMBIOS, as systemd merges them), smbios, fw_cfg, or auto (system if present, else firmware)")
+		c.Flags().StringVar(&source, "source", "auto", "where to read: system (/run/credentials/@system), firmware (fw_cfg, SMBIOS, then the kernel command line, as systemd merges them), smbios, fw_cfg, cmdline, or auto (system if present, else firmware)")
 		c.Flags().BoolVar(&whole, "smbios-whole", false, "read SMBIOS structures whole (as systemd ≥ 257 does) instead of with one read() as systemd ≤ 252 does")
-		c.Flags().StringVar(&root, "root", "/", "filesystem root to read from")
-		c.Flags().MarkHidden("root")
 	}
 	var asJSON bool
 	list := &cobra.Command{
@@ -64,9 +43,9 @@ static binary that runs in any guest.`,
 				if creds == nil {
 					creds = []guest.Found{}
 				}
-				return writeJSON(g.stdout, creds)
+				return g.printJSON(creds)
 			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			tw := table(g.stdout)
 			fmt.Fprintln(tw, "NAME\tSOURCE\tSIZE\tSHA256")
 			for _, c := range creds {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Name, c.Source, c.Size, c.SHA256)

@@ -1,13 +1,25 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
 	"strings"
-	"time"
+	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/credvm/credvm/internal/vm"
 )
+
+// microvmArgs are microvm.nix's flags, parsed.
+type microvmArgs struct {
+	create, run, repo string
+	update            []string
+	restart, list     bool
+}
 
 // newMicrovmCmd accepts microvm.nix's `microvm` flags with the same
 // meanings, so scripts and fingers trained on it keep working. credvm
@@ -28,67 +40,78 @@ func newMicrovmCmd(g *globals) *cobra.Command {
 Installing credvm as (or linking it to) "microvm" makes ` + "`microvm -l`" + ` work.`,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var create, run, repoFlag string
-			var update []string
-			var restart, list bool
-			for i := 0; i < len(args); i++ {
-				a := args[i]
-				next := func() (string, error) {
-					if i+1 >= len(args) || strings.HasPrefix(args[i+1], "-") {
-						return "", fmt.Errorf("microvm: %s needs a name", a)
-					}
-					i++
-					return args[i], nil
-				}
-				var err error
-				switch a {
-				case "-c":
-					create, err = next()
-				case "-f":
-					repoFlag, err = next()
-				case "-r":
-					run, err = next()
-				case "-R":
-					restart = true
-				case "-l":
-					list = true
-				case "-u":
-					for i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
-						i++
-						update = append(update, args[i])
-					}
-					if len(update) == 0 {
-						err = errors.New("microvm: -u needs at least one name")
-					}
-				case "-h", "--help":
+			a, help, err := parseMicrovm(args)
+			if err != nil || help {
+				if help {
 					return cmd.Help()
-				default:
-					err = fmt.Errorf("microvm: unknown flag %q (see `credvm microvm --help`)", a)
 				}
-				if err != nil {
-					return err
-				}
+				return err
 			}
-			if repoFlag != "" {
-				g.repoPath = repoFlag
+			if a.repo != "" {
+				g.repoPath = a.repo
 			}
 			switch {
-			case create != "":
-				c := newCreateCmd(g)
-				return c.RunE(c, []string{create})
-			case len(update) > 0:
-				var errs []error
-				for _, n := range update {
-					errs = append(errs, g.update(n, restart, 30*time.Second))
-				}
-				return errors.Join(errs...)
-			case run != "":
-				return g.run(run, runFlags{timeout: 30 * time.Second}, func(string) {})
-			case list:
-				c := newListCmd(g)
-				return c.RunE(c, nil)
+			case a.create != "":
+				return g.create(a.create)
+			case len(a.update) > 0:
+				return each(a.update, func(n string) error { return g.update(n, a.restart, vm.DefaultShutdownTimeout) })
+			case a.run != "":
+				return g.microvmRun(a.run)
+			case a.list:
+				return g.list(nil, false)
 			}
 			return cmd.Help()
 		},
 	}
+}
+
+func parseMicrovm(args []string) (a microvmArgs, help bool, err error) {
+	for i := 0; i < len(args); i++ {
+		flag := args[i]
+		next := func() (string, error) {
+			if i+1 >= len(args) || strings.HasPrefix(args[i+1], "-") {
+				return "", fmt.Errorf("microvm: %s needs a name", flag)
+			}
+			i++
+			return args[i], nil
+		}
+		switch flag {
+		case "-c":
+			a.create, err = next()
+		case "-f":
+			a.repo, err = next()
+		case "-r":
+			a.run, err = next()
+		case "-R":
+			a.restart = true
+		case "-l":
+			a.list = true
+		case "-u":
+			for i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+				i++
+				a.update = append(a.update, args[i])
+			}
+			if len(a.update) == 0 {
+				err = errors.New("microvm: -u needs at least one name")
+			}
+		case "-h", "--help":
+			return a, true, nil
+		default:
+			err = fmt.Errorf("microvm: unknown flag %q (see `credvm microvm --help`)", flag)
+		}
+		if err != nil {
+			return a, false, err
+		}
+	}
+	return a, false, nil
+}
+
+func (g *globals) microvmRun(name string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := vm.Run(ctx, vm.RunOptions{State: g.state(name), OpenRepo: g.openRepo, Console: g.stdout, Notices: g.stderr, ShutdownTimeout: vm.DefaultShutdownTimeout})
+	if err == nil && res.ExitCode != 0 {
+		return &exitError{code: res.ExitCode}
+	}
+	return err
 }

@@ -1,19 +1,16 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"slices"
+	"os/signal"
 	"strings"
 
 	"github.com/spf13/cobra"
 
-	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/backup"
-	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
 )
@@ -26,58 +23,28 @@ func newCloneCmd(g *globals) *cobra.Command {
 		Long: `Copy machines/SRC to machines/NEW (and SRC's inventory tags), then
 generate NEW's vars from scratch: NEW gets its own secrets and its own age
 key — never a copy of SRC's. (Shared generators stay shared: that is what
-share = true means.) When SRC is a created VM, NEW is created too.`,
+share = true means.) When SRC is a created VM, NEW is created too. If
+anything fails, nothing of NEW is left behind.`,
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: machineNameCompletion(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, dst := args[0], args[1]
-			e, m, err := g.engineMachine(src)
+			e, err := g.engine()
 			if err != nil {
 				return err
 			}
-			e.NoCommit, e.Log = noCommit, g.progress()
-			if err := spec.CheckMachineName(dst); err != nil {
+			e.Log = g.stderr
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			res, err := vm.Clone(ctx, vm.CloneOptions{Engine: e, Src: args[0], Dst: args[1], StateRoot: g.stateRoot(),
+				Generate: vars.GenerateOptions{NoCommit: noCommit, Terminal: g.terminal()}})
+			if res == nil {
 				return err
 			}
-			dstDir := e.Repo.Path("machines", dst)
-			if _, err := os.Stat(dstDir); err == nil {
-				return fmt.Errorf("machine %s exists already (%s)", dst, e.Repo.Rel(dstDir))
+			fmt.Fprintf(g.stdout, "%s: cloned from %s, with its own secrets and machine key\n", res.Name, res.From)
+			if res.Created {
+				fmt.Fprintf(g.stdout, "%s: created (credvm start %s)\n", res.Name, res.Name)
 			}
-			if err := os.CopyFS(dstDir, os.DirFS(e.Repo.Path("machines", src))); err != nil {
-				return err
-			}
-			if inv := e.Repo.Inventory.Machines[src]; inv != nil && len(inv.Tags) > 0 {
-				p := e.Repo.Path("inventory.toml")
-				old, _ := os.ReadFile(p)
-				q := make([]string, len(inv.Tags))
-				for i, t := range inv.Tags {
-					q[i] = fmt.Sprintf("%q", t)
-				}
-				add := fmt.Sprintf("\n[machines.%s]\ntags = [%s]\n", dst, strings.Join(q, ", "))
-				if err := atomicfile.Write(p, append(bytes.TrimRight(old, "\n"), []byte("\n"+add)...), 0o644); err != nil {
-					return err
-				}
-			}
-			nm, err := e.Repo.Machine(dst)
-			if err != nil {
-				os.RemoveAll(dstDir)
-				return err
-			}
-			// Only NEW's own generators run; shared ones are kept.
-			if _, err := e.Generate(context.Background(), []*spec.Machine{nm}, vars.GenerateOptions{}); err != nil {
-				return fmt.Errorf("clone %s: machine file copied to %s, but generating its vars failed: %w", dst, e.Repo.Rel(dstDir), err)
-			}
-			if !noCommit && e.Repo.InGit() {
-				e.Repo.Commit([]string{dstDir, e.Repo.Path("inventory.toml")}, fmt.Sprintf("machines: clone %s from %s", dst, src))
-			}
-			fmt.Fprintf(g.stdout, "%s: cloned from %s, with its own secrets and machine key\n", dst, m.Name)
-			if g.state(src).Exists() {
-				if err := vm.Create(g.state(dst), e.Repo, nm); err != nil {
-					return err
-				}
-				fmt.Fprintf(g.stdout, "%s: created (credvm start %s)\n", dst, dst)
-			}
-			return nil
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&noCommit, "no-commit", false, "do not git-commit")
@@ -112,20 +79,16 @@ registrations. A manifest lists every member with its SHA-256;
 			if len(names) == 0 {
 				return errors.New("name the machines to back up (or --tag)")
 			}
-			var buf bytes.Buffer
-			man, err := backup.Write(&buf, r, stateRoot(g.stateDir), names)
+			res, err := backup.Create(out, r, g.stateRoot(), names)
 			if err != nil {
 				return err
 			}
-			if err := atomicfile.Write(out, buf.Bytes(), 0o600); err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "backed up %s (%d entries, %d bytes) to %s\n", strings.Join(names, ", "), len(man.Entries), buf.Len(), out)
+			fmt.Fprintf(g.stdout, "backed up %s (%d entries, %d bytes) to %s\n", strings.Join(res.Machines, ", "), res.Entries, res.Bytes, res.Path)
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "the archive to write")
-	cmd.Flags().StringArrayVarP(&tags, "tag", "t", nil, "every machine with this inventory tag")
+	tagFlag(cmd, &tags, "every machine with this inventory tag")
 	return cmd
 }
 
@@ -144,33 +107,12 @@ this repository. Machines that exist here are refused unless --force.`,
 			if err != nil {
 				return err
 			}
-			f, err := os.Open(args[0])
-			if err != nil {
+			man, err := backup.RestoreFile(args[0], backup.RestoreOptions{Repo: r, StateRoot: g.stateRoot(), Force: force})
+			if man == nil {
 				return err
-			}
-			defer f.Close()
-			man, files, err := backup.Read(f)
-			if err != nil {
-				return err
-			}
-			l, err := r.Lock(nil)
-			if err != nil {
-				return err
-			}
-			defer l.Release()
-			if err := backup.Restore(man, files, backup.RestoreOptions{Repo: r, StateRoot: stateRoot(g.stateDir), Force: force}); err != nil {
-				return err
-			}
-			if r.InGit() {
-				var paths []string
-				for _, m := range man.Machines {
-					paths = append(paths, r.Path("machines", m), r.Path("vars"), r.Path("sops"), r.Path(vars.HistoryDir))
-				}
-				slices.Sort(paths)
-				r.Commit(slices.Compact(paths), "restore "+strings.Join(man.Machines, ", ")+" from backup")
 			}
 			fmt.Fprintf(g.stdout, "restored %s (backed up %s from %s)\n", strings.Join(man.Machines, ", "), man.Created.Local().Format("2006-01-02 15:04:05"), man.Repo)
-			return nil
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "replace machines that exist here")

@@ -1,9 +1,13 @@
-// Package cli is credvm's command line: one file per command group, each
-// turning flags into calls on the packages that do the work, and their
-// results into text (or JSON with --json) and exit codes.
+// Package cli is credvm's command line, and nothing more: each command
+// parses its flags, calls one operation of the package that owns the
+// data (vm, vars, repo, backup, guest, demo), and prints the operation's
+// typed result as text or, with --json, as it is. Exit codes: 0 success,
+// 1 failure (the error on stderr, prefixed "credvm: "), a hypervisor's own
+// exit status for `run`.
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/vm"
 )
 
 // Version is set at build time (-ldflags "-X …cli.Version=…").
@@ -27,7 +32,7 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.msg }
 
-// globals are the flags every command shares.
+// globals are the flags every command shares, and the standard streams.
 type globals struct {
 	repoPath string
 	stateDir string
@@ -115,8 +120,24 @@ func (g *globals) openRepo() (*repo.Repo, error) {
 	return repo.Find(wd)
 }
 
-// progress returns a writer for progress lines, on stderr.
-func (g *globals) progress() io.Writer { return g.stderr }
+// stateRoot is --state-dir, else the default.
+func (g *globals) stateRoot() string {
+	if g.stateDir != "" {
+		return g.stateDir
+	}
+	return vm.DefaultStateRoot()
+}
+
+func (g *globals) state(name string) vm.StateDir {
+	return vm.StateDir{Root: g.stateRoot(), Name: name}
+}
+
+// printJSON prints a result as indented JSON.
+func (g *globals) printJSON(v any) error {
+	enc := json.NewEncoder(g.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
 
 func plural(n int, one, many string) string {
 	if n == 1 {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -10,10 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/indent"
 	"github.com/credvm/credvm/internal/sops"
-	"github.com/credvm/credvm/internal/spec"
-	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
 )
 
@@ -42,153 +41,77 @@ retention period (credvm.toml [history] retention, default 24h): see
   credvm rotate --tag app --generator app-vm-secrets`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			names, err := g.vmNames(args, tags, false)
+			names, err := vm.Select(g.stateRoot(), args, tags, false)
 			if err != nil {
 				return err
 			}
-			return g.rotate(names, gens, dryRun, timeout)
+			user, err := sops.LoadUserIdentities()
+			if err != nil {
+				return err
+			}
+			o := vm.RotateOptions{Generators: gens, Start: *g.startOptions(timeout), User: user, Log: indent.Writer(g.stderr, "    ")}
+			for _, n := range names {
+				o.States = append(o.States, g.state(n))
+			}
+			return g.rotate(o, dryRun)
 		},
 		ValidArgsFunction: vmCompletion(g),
 	}
 	f := cmd.Flags()
-	f.StringArrayVarP(&tags, "tag", "t", nil, "every VM whose machine carries this inventory tag")
+	tagFlag(cmd, &tags, "every VM whose machine carries this inventory tag")
 	f.StringArrayVarP(&gens, "generator", "g", nil, "regenerate only this generator (and its dependents); repeatable")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
-	f.DurationVar(&timeout, "shutdown-timeout", 30*time.Second, "how long each guest gets to power off")
+	f.DurationVar(&timeout, "shutdown-timeout", vm.DefaultShutdownTimeout, "how long each guest gets to power off")
 	return cmd
 }
 
-type rotation struct {
-	name    string
-	s       vm.StateDir
-	m       *spec.Machine
-	e       *vars.Engine
-	gens    []string
-	running bool
-	result  string
-}
-
-func (g *globals) rotate(names, gens []string, dryRun bool, timeout time.Duration) error {
-	ids, err := sops.LoadUserIdentities()
+func (g *globals) rotate(o vm.RotateOptions, dryRun bool) error {
+	rot, err := vm.PlanRotation(o)
 	if err != nil {
 		return err
 	}
-	var steps []*rotation
-	for _, n := range names {
-		s := g.state(n)
-		reg, err := s.Registration()
-		if err != nil {
-			return err
-		}
-		r, err := repo.Open(reg.Repo)
-		if err != nil {
-			return fmt.Errorf("vm %s: %w", n, err)
-		}
-		m, err := reg.Machine()
-		if err != nil {
-			return err
-		}
-		st := &rotation{name: n, s: s, m: m, e: &vars.Engine{Repo: r, User: ids, Log: prefixWriter(g.stderr, "    ")}, result: "untouched: old secrets"}
-		for _, gen := range gens {
-			if m.Vars.Generators[gen] == nil {
-				return fmt.Errorf("vm %s has no generator %q (see %s)", n, gen, reg.Current.File)
-			}
-		}
-		st.gens = gens
-		if len(gens) == 0 {
-			for _, gen := range m.SortedGenerators() {
-				st.gens = append(st.gens, gen.Name)
-			}
-		}
-		if len(st.gens) == 0 {
-			return fmt.Errorf("vm %s declares no generators: nothing to rotate", n)
-		}
-		st.running, _ = s.Running()
-		steps = append(steps, st)
-	}
-
-	fmt.Fprintf(g.stdout, "rotation plan: %s, one at a time\n", plural(len(steps), "VM", "VMs"))
-	for i, st := range steps {
-		restart := "not running: new secrets at its next start"
-		if st.running {
-			h := &st.m.VM.Health
-			check := "still running after 3s (no [vm.health])"
-			var parts []string
-			if h.Console != "" {
-				parts = append(parts, fmt.Sprintf("console matches %q", h.Console))
-			}
-			if h.TCP != "" {
-				parts = append(parts, "TCP "+h.TCP+" accepts")
-			}
-			if len(parts) > 0 {
-				check = strings.Join(parts, " and ") + " within " + h.Wait().String()
-			}
-			restart = "restart, then healthy when " + check
-		}
-		fmt.Fprintf(g.stdout, "  %d. %s: regenerate %s (and dependents); %s\n", i+1, st.name, strings.Join(st.gens, ", "), restart)
-	}
+	printRotationPlan(g.stdout, rot)
 	if dryRun {
 		return nil
 	}
-
+	o.OnStepStart = func(i int, s *vm.RotationStep) { fmt.Fprintf(g.stdout, "[%d/%d] %s\n", i+1, len(rot.Steps), s.Name) }
+	o.OnStepFinished = func(i int, s *vm.RotationStep) {
+		if s.Outcome == vm.Healthy {
+			fmt.Fprintf(g.stdout, "    healthy\n")
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	var failure error
-	for i, st := range steps {
-		fmt.Fprintf(g.stdout, "[%d/%d] %s\n", i+1, len(steps), st.name)
-		if _, err := st.e.Generate(ctx, []*spec.Machine{st.m}, vars.GenerateOptions{Generators: st.gens, Regenerate: true}); err != nil {
-			st.result, failure = "FAILED to regenerate (vars unchanged): "+err.Error(), err
-			break
-		}
-		if !st.running {
-			st.result = "rotated; not running: new secrets at its next start"
-			continue
-		}
-		offset := st.s.ConsoleOffset()
-		if err := g.restart(st.name, timeout); err != nil {
-			st.result, failure = "rotated, but the restart FAILED: "+err.Error(), err
-			break
-		}
-		if err := vm.WaitHealthy(st.s, st.m, offset); err != nil {
-			st.result, failure = "rotated and restarted, but UNHEALTHY: "+err.Error(), err
-			break
-		}
-		st.result = "rotated, restarted, healthy"
-		fmt.Fprintf(g.stdout, "    healthy\n")
-	}
-
+	runErr := rot.Run(ctx, o)
 	fmt.Fprintf(g.stdout, "\nrotation summary:\n")
-	var rest []string
-	for _, st := range steps {
-		fmt.Fprintf(g.stdout, "  %s: %s\n", st.name, st.result)
-		if strings.HasPrefix(st.result, "untouched") {
-			rest = append(rest, st.name)
+	for _, s := range rot.Steps {
+		if s.Err != nil {
+			fmt.Fprintf(g.stdout, "  %s: %s: %v\n", s.Name, s.Outcome, s.Err)
+		} else {
+			fmt.Fprintf(g.stdout, "  %s: %s\n", s.Name, s.Outcome)
 		}
 	}
-	if failure == nil {
-		return nil
+	failed := rot.Failed()
+	if failed == nil {
+		return runErr
 	}
-	var failed *rotation
-	for _, st := range steps {
-		if !strings.HasPrefix(st.result, "rotated, restarted, healthy") && !strings.HasPrefix(st.result, "untouched") && !strings.HasPrefix(st.result, "rotated; not running") {
-			failed = st
-			break
+	fmt.Fprintf(g.stdout, "\nthe rollout stopped at %s.\n", failed.Name)
+	if cmd := rot.RollbackCommand(); cmd != "" {
+		fmt.Fprintf(g.stdout, "  roll %s back:  %s\n", failed.Name, cmd)
+	}
+	if cmd := rot.ContinueCommand(); cmd != "" {
+		fmt.Fprintf(g.stdout, "  go on with the rest (still on their old secrets):  %s\n", cmd)
+	}
+	return &exitError{code: 1, msg: runErr.Error()}
+}
+
+func printRotationPlan(w io.Writer, rot *vm.Rotation) {
+	fmt.Fprintf(w, "rotation plan: %s, one at a time\n", plural(len(rot.Steps), "VM", "VMs"))
+	for i, s := range rot.Steps {
+		restart := "not running: new secrets at its next start"
+		if s.Running {
+			restart = "restart, then healthy when " + s.Check
 		}
+		fmt.Fprintf(w, "  %d. %s: regenerate %s (and dependents); %s\n", i+1, s.Name, strings.Join(s.Generators, ", "), restart)
 	}
-	fmt.Fprintf(g.stdout, "\nthe rollout stopped at %s.\n", failed.name)
-	if !strings.HasPrefix(failed.result, "FAILED to regenerate") {
-		var rb []string
-		for _, gen := range failed.gens {
-			rb = append(rb, "credvm vars rollback "+failed.name+" "+gen)
-		}
-		fmt.Fprintf(g.stdout, "  roll %s back:  %s && credvm restart %s\n", failed.name, strings.Join(rb, " && "), failed.name)
-	}
-	if len(rest) > 0 {
-		cmdline := "credvm rotate " + strings.Join(rest, " ")
-		for _, gen := range gens {
-			cmdline += " --generator " + gen
-		}
-		fmt.Fprintf(g.stdout, "  go on with the rest (still on their old secrets):  %s\n", cmdline)
-	}
-	return &exitError{code: 1, msg: fmt.Sprintf("rotation stopped at %s: %v", failed.name, failure)}
 }

@@ -1,10 +1,14 @@
+//go:build faultinject
+
 // Package faultinject lets crash-consistency tests kill credvm at a named
 // point of a multi-step write, the way a power cut or kill -9 would.
 //
-// It is one explicit knob, not scattered test branches: the environment
-// variable CREDVM_FAULTPOINT names a point, and the process sends itself
-// SIGKILL when it reaches that point — no deferred function runs, no file
-// is closed, exactly as with kill -9. Unset, Point costs one string compare.
+// It is compiled in only with the build tag faultinject (`make test` and
+// `make test-short` set it); in the product, Point is an empty function
+// the compiler removes. With the tag, the environment variable
+// CREDVM_FAULTPOINT names a point, and the process sends itself SIGKILL
+// when it reaches that point — no deferred function runs, no file is
+// closed, exactly as with kill -9.
 package faultinject
 
 import (
@@ -14,6 +18,9 @@ import (
 
 // Env is the variable naming the point to die at.
 const Env = "CREDVM_FAULTPOINT"
+
+// Enabled reports whether this build has fault points.
+const Enabled = true
 
 var point = os.Getenv(Env)
 

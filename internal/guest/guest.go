@@ -17,7 +17,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/credvm/credvm/internal/cred"
 )
@@ -27,6 +29,7 @@ const (
 	SMBIOSGlob   = "/sys/firmware/dmi/entries/11-*/raw"
 	FwCfgDir     = "/sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials"
 	SystemCreds  = "/run/credentials/@system"
+	ProcCmdline  = "/proc/cmdline"
 	smbiosHeader = 4 // type, length, handle; the formatted area's length is in byte 1
 )
 
@@ -39,12 +42,34 @@ type Found struct {
 	value  []byte
 }
 
-// FoundValue describes a credential found with value v in source.
-func FoundValue(name string, v []byte, source string) Found { return found(name, v, source) }
-
 func found(name string, v []byte, source string) Found {
 	sum := sha256.Sum256(v)
 	return Found{Name: name, Size: len(v), SHA256: hex.EncodeToString(sum[:]), Source: source, value: v}
+}
+
+// Read reads credentials from a source: "system" (what systemd
+// imported), "firmware" (fw_cfg, SMBIOS and the kernel command line, as
+// systemd merges them), "smbios", "fw_cfg", "cmdline", or "auto" (system
+// once systemd has imported, else firmware).
+func (r *Reader) Read(source string) ([]Found, error) {
+	switch source {
+	case "smbios":
+		return r.SMBIOS()
+	case "fw_cfg":
+		return r.FwCfg()
+	case "cmdline":
+		return r.Cmdline()
+	case "system":
+		return r.System()
+	case "firmware":
+		return r.Merged()
+	case "auto", "":
+		if _, err := os.Stat(r.path(SystemCreds)); err == nil {
+			return r.System()
+		}
+		return r.Merged()
+	}
+	return nil, fmt.Errorf("unknown source %q: use auto, system, firmware, smbios, fw_cfg or cmdline", source)
 }
 
 // Reader reads credentials from a root (normally "/", a directory in tests).
@@ -191,8 +216,67 @@ func (r *Reader) dir(dir, source, leaf string) ([]Found, error) {
 	return out, nil
 }
 
-// Merged returns the credentials as systemd assembles them: fw_cfg first,
-// then SMBIOS; the first source to set a name wins.
+// Cmdline returns the credentials on the kernel command line.
+func (r *Reader) Cmdline() ([]Found, error) {
+	b, err := os.ReadFile(r.path(ProcCmdline))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return ParseCmdline(strings.TrimSpace(string(b))), nil
+}
+
+// ParseCmdline finds the credentials on a kernel command line as systemd
+// imports them: systemd.set_credential=NAME:VALUE and (systemd ≥ 254)
+// systemd.set_credential_binary=NAME:BASE64.
+func ParseCmdline(cmdline string) []Found {
+	var out []Found
+	for _, w := range splitCmdline(cmdline) {
+		if v, ok := strings.CutPrefix(w, "systemd.set_credential="); ok {
+			name, val, _ := strings.Cut(v, ":")
+			out = append(out, found(name, []byte(val), "cmdline"))
+		} else if v, ok := strings.CutPrefix(w, "systemd.set_credential_binary="); ok {
+			name, val, _ := strings.Cut(v, ":")
+			if b, err := base64.StdEncoding.DecodeString(val); err == nil {
+				out = append(out, found(name, b, "cmdline"))
+			}
+		}
+	}
+	return out
+}
+
+// splitCmdline splits a kernel command line as the kernel and systemd do:
+// on spaces, with double quotes grouping (and removed).
+func splitCmdline(s string) []string {
+	var out []string
+	var cur strings.Builder
+	in, any := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			in, any = !in, true
+		case r == ' ' && !in:
+			if any {
+				out = append(out, cur.String())
+			}
+			cur.Reset()
+			any = false
+		default:
+			cur.WriteRune(r)
+			any = true
+		}
+	}
+	if any {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+// Merged returns the credentials as systemd assembles them: fw_cfg
+// first, then SMBIOS, then the kernel command line; the first source to
+// set a name wins.
 func (r *Reader) Merged() ([]Found, error) {
 	fw, err := r.FwCfg()
 	if err != nil {
@@ -202,9 +286,13 @@ func (r *Reader) Merged() ([]Found, error) {
 	if err != nil {
 		return nil, err
 	}
+	cl, err := r.Cmdline()
+	if err != nil {
+		return nil, err
+	}
 	seen := map[string]bool{}
 	var out []Found
-	for _, c := range append(fw, sm...) {
+	for _, c := range slices.Concat(fw, sm, cl) {
 		if !seen[c.Name] {
 			seen[c.Name] = true
 			out = append(out, c)

@@ -35,10 +35,11 @@ func (im Images) Check(systemd bool) error {
 	return nil
 }
 
-// FastInitrd writes the fast guest: credvm as /init (it reports and
-// verifies the credentials, then powers off) and qemu_fw_cfg.ko.
-func (im Images) FastInitrd(credvmStatic, out string) error {
-	bin, err := os.ReadFile(credvmStatic)
+// FastInitrd writes the fast test guest: init, a static program that is
+// the guest's whole userspace (e2e/testguest: it reports and verifies the
+// credentials, then powers off), and qemu_fw_cfg.ko.
+func (im Images) FastInitrd(init, out string) error {
+	bin, err := os.ReadFile(init)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@
 package hypervisor
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/credvm/credvm/internal/cred"
 	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/tail"
 )
 
 // Driver is a hypervisor backend.
@@ -122,7 +122,7 @@ type Exit struct {
 // with credvm, a minimal environment, its last lines of output kept.
 type Process struct {
 	Cmd    *exec.Cmd
-	stderr Tail
+	stderr tail.Lines
 	done   chan struct{}
 	exit   Exit
 }
@@ -236,68 +236,6 @@ func WaitForSocket(path string, p *Process, d time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// Tail keeps the last lines written to it.
-type Tail struct {
-	mu    sync.Mutex
-	Keep  int
-	lines []string
-	part  string
-}
-
-func (t *Tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	text := t.part + string(p)
-	i := strings.LastIndexByte(text, '\n')
-	t.part = text[i+1:]
-	sc := bufio.NewScanner(strings.NewReader(text[:i+1]))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if l := strings.TrimSpace(StripANSI(sc.Text())); l != "" {
-			t.lines = append(t.lines, l)
-		}
-	}
-	keep := max(t.Keep, 5)
-	if len(t.lines) > keep {
-		t.lines = t.lines[len(t.lines)-keep:]
-	}
-	return len(p), nil
-}
-
-// Lines returns the kept lines, the unfinished last one included.
-func (t *Tail) Lines() []string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	lines := append([]string(nil), t.lines...)
-	if p := strings.TrimSpace(StripANSI(t.part)); p != "" {
-		lines = append(lines, p)
-	}
-	return lines
-}
-
-func (t *Tail) String() string { return strings.Join(t.Lines(), " / ") }
-
-// StripANSI removes terminal escape sequences.
-func StripANSI(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != 0x1b {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+1 < len(s) && s[i+1] == '[' {
-			j := i + 2
-			for j < len(s) && !(s[j] >= '@' && s[j] <= '~') {
-				j++
-			}
-			i = j
-			continue
-		}
-		i++ // ESC + one byte (e.g. "ESC c")
-	}
-	return b.String()
 }
 
 // Prober is an optional capability of a Driver: asking a running

@@ -124,6 +124,16 @@ func (r *Repo) AddUser(name, pubkey string) error {
 	return writeKeyFile(path, append(keys, pubkey))
 }
 
+// RegisterUser registers pubkey as user name's, unless a user owns it
+// already; it returns the name the key is registered under.
+func (r *Repo) RegisterUser(name, pubkey string) (string, error) {
+	existing, err := r.UserFor([]string{pubkey})
+	if err != nil || existing != "" {
+		return existing, err
+	}
+	return name, r.AddUser(name, pubkey)
+}
+
 // MachinePublicKey returns the machine's age public key, or "" when it has
 // none yet.
 func (r *Repo) MachinePublicKey(machine string) (string, error) {
@@ -361,17 +371,6 @@ func (r *Repo) DecryptSecret(dir, machine string, user *sops.Identities) ([]byte
 		return nil, fmt.Errorf("%w: your key is not a recipient, and the machine's key cannot be opened either (%v)", err, merr)
 	}
 	return sops.Decrypt(b, mid.List)
-}
-
-// SameRecipients reports whether an encrypted file's recipients are exactly
-// want.
-func SameRecipients(content []byte, want []string) (bool, error) {
-	got, err := sops.Recipients(content)
-	if err != nil {
-		return false, err
-	}
-	slices.Sort(got)
-	return slices.Equal(slices.Compact(got), want), nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -7,8 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"filippo.io/age"
+	"filippo.io/age/agessh"
 )
 
 // Environment variables sops itself reads for age identities; we honour the
@@ -107,4 +109,85 @@ func LoadUserIdentities() (*Identities, error) {
 		}
 	}
 	return ids, nil
+}
+
+// LoadIdentityFile reads one key file: an age identity file (age-keygen's
+// format) or an unencrypted OpenSSH ed25519/RSA private key, which age
+// uses as an identity too. Errors name the file.
+func LoadIdentityFile(path string) (*Identities, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	ids := &Identities{}
+	if strings.Contains(string(b), "AGE-SECRET-KEY-") || !strings.Contains(string(b), "PRIVATE KEY") {
+		if err := ids.Add(b, path); err != nil {
+			return nil, err
+		}
+		return ids, nil
+	}
+	id, err := agessh.ParseIdentity(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: not an age identity file or an unencrypted OpenSSH key: %w", path, err)
+	}
+	ids.List = append(ids.List, id)
+	ids.Sources = append(ids.Sources, path)
+	return ids, nil
+}
+
+// CreateKeyFile writes a new age identity to path — 0600, in a 0700
+// directory it creates, never replacing an existing file — and returns
+// its public key.
+func CreateKeyFile(path string) (string, error) {
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("create age key: %w", err)
+	}
+	content := fmt.Sprintf("# created: %s\n# public key: %s\n%s\n", time.Now().UTC().Format(time.RFC3339), id.Recipient(), id)
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		os.Remove(path)
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path)
+		return "", err
+	}
+	return id.Recipient().String(), nil
+}
+
+// UserKey is the user's age key as EnsureUserKey found or made it.
+type UserKey struct {
+	PublicKey string `json:"public_key"`
+	// Created is the file written, when there was no key.
+	Created string `json:"created,omitempty"`
+}
+
+// EnsureUserKey returns the user's age public key (the first of the
+// identities sops would use), creating the key where sops looks for it —
+// $SOPS_AGE_KEY_FILE, else the default key file — when the user has none.
+func EnsureUserKey() (*UserKey, error) {
+	ids, err := LoadUserIdentities()
+	if err != nil {
+		return nil, err
+	}
+	if len(ids.Recipients) > 0 {
+		return &UserKey{PublicKey: ids.Recipients[0]}, nil
+	}
+	p, err := UserKeyFile()
+	if err != nil {
+		return nil, err
+	}
+	pub, err := CreateKeyFile(p)
+	if err != nil {
+		return nil, err
+	}
+	return &UserKey{PublicKey: pub, Created: p}, nil
 }

@@ -156,8 +156,8 @@ type Health struct {
 // ConsoleRe is the compiled console pattern (nil when none).
 func (h *Health) ConsoleRe() *regexp.Regexp { return h.console }
 
-// Wait is the parsed timeout.
-func (h *Health) Wait() time.Duration { return h.timeout }
+// CheckTimeout is the parsed Timeout (default 60s).
+func (h *Health) CheckTimeout() time.Duration { return h.timeout }
 
 // Disk is a block device.
 type Disk struct {

@@ -17,7 +17,8 @@ var (
 )
 
 // HypervisorDouble builds the cloud-hypervisor/firecracker test double
-// (internal/hypervisor/testdouble) once per test binary and returns a
+// (internal/hypervisor/testdouble) once per test binary (removed by Main)
+// and returns a
 // directory holding it under both names, and the directory where it
 // records what it received (<VM state dir name>.jsonl).
 func HypervisorDouble(t testing.TB) (binDir, recordDir string) {
@@ -28,7 +29,7 @@ func HypervisorDouble(t testing.TB) (binDir, recordDir string) {
 			doubleErr = "cloud-hypervisor's API schema " + schema + " is missing"
 			return
 		}
-		dir, err := os.MkdirTemp("", "credvm-double-")
+		dir, err := TempDir("credvm-double-")
 		if err != nil {
 			doubleErr = err.Error()
 			return

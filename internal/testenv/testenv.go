@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 )
 
@@ -72,4 +73,35 @@ func Fixture(t testing.TB, elem ...string) string {
 		Missing(t, "fixture "+filepath.Join(elem...), "the shared fixtures live in ../shared/fixtures next to the checkout")
 	}
 	return p
+}
+
+var (
+	tempMu sync.Mutex
+	temps  []string
+)
+
+// TempDir makes a directory shared by a test binary's tests (a build, a
+// guest image), which Main removes when they are done.
+func TempDir(prefix string) (string, error) {
+	d, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", err
+	}
+	tempMu.Lock()
+	temps = append(temps, d)
+	tempMu.Unlock()
+	return d, nil
+}
+
+// Main runs a test binary's tests and removes every TempDir, whether the
+// tests passed or not. Use it as TestMain where TempDir is used (directly
+// or through HypervisorDouble).
+func Main(m *testing.M) {
+	code := m.Run()
+	tempMu.Lock()
+	for _, d := range temps {
+		os.RemoveAll(d)
+	}
+	tempMu.Unlock()
+	os.Exit(code)
 }

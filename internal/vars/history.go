@@ -21,7 +21,7 @@ import (
 // the retention period (24 h unless credvm.toml says otherwise) are pruned.
 
 // HistoryDir is the history's root in a repository.
-const HistoryDir = "vars-history"
+const HistoryDir = repo.HistoryDir
 
 const historyTimeFormat = "20060102T150405Z"
 
@@ -150,38 +150,57 @@ func (e *Engine) PruneHistory() (int, error) {
 	return n, err
 }
 
+// RollbackOptions configure Rollback.
+type RollbackOptions struct {
+	// To is the kept generation's ID; "" takes the newest.
+	To string
+	// NoCommit skips the git commit.
+	NoCommit bool
+}
+
+// RollbackResult says what Rollback restored.
+type RollbackResult struct {
+	Machine   string       `json:"machine"`
+	Generator string       `json:"generator"`
+	Restored  HistoryEntry `json:"restored"`
+	// Dependents are the generators that depend on it, now outdated.
+	Dependents []string `json:"dependents"`
+}
+
 // Rollback makes a kept generation of a generator current again (the
-// newest, or the one with id), in one transaction; the content it replaces
-// goes to history in turn, so a rollback can itself be undone.
-func (e *Engine) Rollback(m *spec.Machine, gen, id string) (*HistoryEntry, error) {
+// newest, or the one with opts.To), in one transaction; the content it
+// replaces goes to history in turn, so a rollback can itself be undone.
+func (e *Engine) Rollback(m *spec.Machine, gen string, opts RollbackOptions) (*RollbackResult, error) {
 	g := m.Vars.Generators[gen]
 	if g == nil {
 		return nil, fmt.Errorf("vars %s: no generator %q (see %s)", m.Name, gen, m.File)
 	}
-	l, err := e.Repo.Lock(func(msg string) { e.logf("%s", msg) })
-	if err != nil {
-		return nil, err
-	}
-	defer l.Release()
-	if err := Recover(e.Repo); err != nil {
-		return nil, err
-	}
+	var res *RollbackResult
+	err := e.locked(func() error {
+		var err error
+		res, err = e.rollback(m, g, opts)
+		return err
+	})
+	return res, err
+}
+
+func (e *Engine) rollback(m *spec.Machine, g *spec.Generator, opts RollbackOptions) (*RollbackResult, error) {
 	hist, err := e.History(m)
 	if err != nil {
 		return nil, err
 	}
 	var pick *HistoryEntry
 	for i := range hist {
-		if hist[i].Generator == gen && (id == "" || hist[i].ID == id) {
+		if hist[i].Generator == g.Name && (opts.To == "" || hist[i].ID == opts.To) {
 			pick = &hist[i]
 			break
 		}
 	}
 	if pick == nil {
-		if id != "" {
-			return nil, fmt.Errorf("vars %s/%s: no kept generation %q (see `credvm vars history %s`)", m.Name, gen, id, m.Name)
+		if opts.To != "" {
+			return nil, fmt.Errorf("vars %s/%s: no kept generation %q (see `credvm vars history %s`)", m.Name, g.Name, opts.To, m.Name)
 		}
-		return nil, fmt.Errorf("vars %s/%s: no earlier generation is kept (retention %s): nothing to roll back to", m.Name, gen, e.retention())
+		return nil, fmt.Errorf("vars %s/%s: no earlier generation is kept (retention %s): nothing to roll back to", m.Name, g.Name, e.retention())
 	}
 	target := e.GeneratorDir(m.Name, g)
 	t := newTxn(e.Repo)
@@ -191,16 +210,20 @@ func (e *Engine) Rollback(m *spec.Machine, gen, id string) (*HistoryEntry, error
 	}
 	if err := copyTree(pick.path, staging, func(string) bool { return false }); err != nil {
 		t.abort()
-		return nil, fmt.Errorf("vars %s/%s: %w", m.Name, gen, err)
+		return nil, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
 	}
 	if err := t.commit(); err != nil {
-		return nil, fmt.Errorf("vars %s/%s: %w", m.Name, gen, err)
+		return nil, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
 	}
 	os.RemoveAll(pick.path)
-	if !e.NoCommit && e.Repo.InGit() {
-		if err := e.Repo.Commit([]string{target, e.Repo.Path(HistoryDir)}, fmt.Sprintf("vars: roll back %s/%s to %s", m.Name, gen, pick.ID)); err != nil {
-			return pick, fmt.Errorf("vars %s/%s: rolled back, but the git commit failed: %w", m.Name, gen, err)
+	res := &RollbackResult{Machine: m.Name, Generator: g.Name, Restored: *pick, Dependents: []string{}}
+	for _, other := range m.SortedGenerators() {
+		if slices.Contains(other.Dependencies, g.Name) {
+			res.Dependents = append(res.Dependents, other.Name)
 		}
 	}
-	return pick, nil
+	if err := e.commitGit(opts.NoCommit, []string{target}, "vars: roll back %s/%s to %s", m.Name, g.Name, pick.ID); err != nil {
+		return res, fmt.Errorf("vars %s/%s: rolled back, but %w", m.Name, g.Name, err)
+	}
+	return res, nil
 }

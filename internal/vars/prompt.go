@@ -68,13 +68,13 @@ type Terminal interface {
 
 // answer finds a prompt's value: given, or asked on the terminal. Without
 // either it fails at once — a run never waits for input that cannot come.
-func (e *Engine) answer(machine string, g *spec.Generator, p *spec.Prompt) ([]byte, error) {
-	if v, ok := e.Answers.lookup(g.Name, p.Name); ok {
+func answer(opts GenerateOptions, machine string, g *spec.Generator, p *spec.Prompt) ([]byte, error) {
+	if v, ok := opts.Answers.lookup(g.Name, p.Name); ok {
 		return v, nil
 	}
-	if e.Terminal == nil {
+	if opts.Terminal == nil {
 		return nil, fmt.Errorf("vars %s/%s: prompt %q needs an answer and there is no terminal: pass --prompt %s/%s=@FILE (or =VALUE) or --prompts-file FILE.json",
 			machine, g.Name, p.Name, g.Name, p.Name)
 	}
-	return e.Terminal.Ask(machine, g.Name, p)
+	return opts.Terminal.Ask(machine, g.Name, p)
 }

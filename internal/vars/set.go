@@ -11,10 +11,16 @@ import (
 	"github.com/credvm/credvm/internal/spec"
 )
 
+// SetOptions configure Set.
+type SetOptions struct {
+	// NoCommit skips the git commit.
+	NoCommit bool
+}
+
 // Set stores value as one file of a generator, keeping the generator's
 // other files, in one transaction. The generator gets a new generation, so
 // generators depending on it become outdated.
-func (e *Engine) Set(m *spec.Machine, gen, file string, value []byte) error {
+func (e *Engine) Set(m *spec.Machine, gen, file string, value []byte, opts SetOptions) error {
 	g := m.Vars.Generators[gen]
 	if g == nil {
 		return fmt.Errorf("vars %s/%s: no generator %q (see %s)", m.Name, gen, gen, m.File)
@@ -23,14 +29,10 @@ func (e *Engine) Set(m *spec.Machine, gen, file string, value []byte) error {
 	if f == nil {
 		return fmt.Errorf("vars %s/%s/%s: generator %s declares no file %q", m.Name, gen, file, gen, file)
 	}
-	l, err := e.Repo.Lock(func(msg string) { e.logf("%s", msg) })
-	if err != nil {
-		return err
-	}
-	defer l.Release()
-	if err := Recover(e.Repo); err != nil {
-		return err
-	}
+	return e.locked(func() error { return e.set(m, g, f, value, opts) })
+}
+
+func (e *Engine) set(m *spec.Machine, g *spec.Generator, f *spec.File, value []byte, opts SetOptions) error {
 	users, err := e.recipientUsers()
 	if err != nil {
 		return err
@@ -43,7 +45,6 @@ func (e *Engine) Set(m *spec.Machine, gen, file string, value []byte) error {
 		}
 		machines = sm[g.Name]
 	}
-
 	target := e.GeneratorDir(m.Name, g)
 	t := newTxn(e.Repo)
 	staging, err := t.stage(target)
@@ -52,31 +53,29 @@ func (e *Engine) Set(m *spec.Machine, gen, file string, value []byte) error {
 	}
 	fail := func(err error) error {
 		t.abort()
-		return fmt.Errorf("vars %s/%s/%s: %w", m.Name, gen, file, err)
+		return fmt.Errorf("vars %s/%s/%s: %w", m.Name, g.Name, f.Name, err)
 	}
 	// Copy the generator's directory but for this file and our metadata.
 	if err := copyTree(target, staging, func(rel string) bool {
-		return rel == file || rel == MetaFile || rel == markerFile
+		return rel == f.Name || rel == MetaFile || rel == markerFile
 	}); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fail(err)
 	}
 	r := &runner{e: e, users: users}
-	one := &spec.Generator{Name: g.Name, Files: map[string]*spec.File{file: f}}
+	one := &spec.Generator{Name: g.Name, Files: map[string]*spec.File{f.Name: f}}
 	meta, _ := readMeta(target)
 	if meta == nil {
 		meta = &Meta{Definition: g.DefinitionHash()}
 	}
 	meta.Generation = randomID()
-	if err := r.writeGenerator(staging, one, map[string][]byte{file: value}, meta, machines); err != nil {
+	if err := r.writeGenerator(staging, one, map[string][]byte{f.Name: value}, meta, machines); err != nil {
 		return fail(err)
 	}
 	if err := t.commit(); err != nil {
 		return fail(err)
 	}
-	if !e.NoCommit && e.Repo.InGit() {
-		if err := e.Repo.Commit([]string{target, e.Repo.Path("sops"), e.Repo.Path(HistoryDir)}, fmt.Sprintf("vars: set %s/%s/%s", m.Name, gen, file)); err != nil {
-			return fmt.Errorf("vars %s/%s/%s: stored, but the git commit failed: %w", m.Name, gen, file, err)
-		}
+	if err := e.commitGit(opts.NoCommit, []string{target, e.Repo.Path("sops")}, "vars: set %s/%s/%s", m.Name, g.Name, f.Name); err != nil {
+		return fmt.Errorf("vars %s/%s/%s: stored, but %w", m.Name, g.Name, f.Name, err)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"filippo.io/age/armor"
 
 	"github.com/credvm/credvm/internal/atomicfile"
+	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -100,6 +101,55 @@ func (e *Engine) Export(m *spec.Machine, withMachineKey bool) (*Bundle, error) {
 		b.MachineKey = mid.Raw()
 	}
 	return b, nil
+}
+
+// ExportOptions configure ExportBundle.
+type ExportOptions struct {
+	// To is the receiving host's key: an age recipient, an ssh-ed25519
+	// public key, or a file holding one. "" only with Plaintext.
+	To string
+	// WithMachineKey includes the machine's own age key.
+	WithMachineKey bool
+	// Plaintext writes the bundle unencrypted.
+	Plaintext bool
+}
+
+// Exported is a bundle ready to write.
+type Exported struct {
+	Data       []byte
+	Machine    string
+	Vars       int
+	Generators int
+}
+
+// ExportBundle writes machine m's vars as a bundle sealed to opts.To (or,
+// with Plaintext, unencrypted).
+func (e *Engine) ExportBundle(m *spec.Machine, opts ExportOptions) (*Exported, error) {
+	if (opts.To == "") == !opts.Plaintext {
+		return nil, errors.New("give --to RECIPIENT (the receiving host's age or ssh-ed25519 public key), or --plaintext")
+	}
+	var rcpt age.Recipient
+	if opts.To != "" {
+		var err error
+		if rcpt, err = ParseRecipient(opts.To); err != nil {
+			return nil, err
+		}
+	}
+	b, err := e.Export(m, opts.WithMachineKey)
+	if err != nil {
+		return nil, err
+	}
+	out := &Exported{Machine: m.Name, Generators: len(b.Generators)}
+	for _, bg := range b.Generators {
+		out.Vars += len(bg.Files)
+	}
+	if opts.Plaintext {
+		out.Data, err = json.MarshalIndent(b, "", "  ")
+		out.Data = append(out.Data, '\n')
+	} else {
+		out.Data, err = Seal(b, rcpt)
+	}
+	return out, err
 }
 
 // ParseRecipient accepts an age recipient ("age1…"), an ssh-ed25519 (or
@@ -195,59 +245,74 @@ func Open(data []byte, ids []age.Identity, plaintextOK bool) (*Bundle, error) {
 	return &b, nil
 }
 
-// Import writes a bundle's vars into this repository, re-encrypted to its
-// recipients, after checking that every secret written decrypts to the
-// bundle's value; all of it in one transaction. The machine file is
-// written when the repository has none for the machine.
-func (e *Engine) Import(b *Bundle) (*spec.Machine, error) {
-	l, err := e.Repo.Lock(func(msg string) { e.logf("%s", msg) })
+// ImportOptions configure Import.
+type ImportOptions struct {
+	// IdentityFiles are more keys to decrypt the bundle with, besides the
+	// user's: age identity files or OpenSSH private keys.
+	IdentityFiles []string
+	// Plaintext accepts an unencrypted bundle.
+	Plaintext bool
+	// NoCommit skips the git commit.
+	NoCommit bool
+}
+
+// ImportResult says what Import wrote.
+type ImportResult struct {
+	Machine string `json:"machine"`
+	Vars    int    `json:"vars"`
+	// WroteMachineFile: the repository had no machine file for it.
+	WroteMachineFile bool `json:"wrote_machine_file"`
+}
+
+// Import reads a bundle (as ExportBundle writes it), checks it whole and
+// writes its vars into this repository, re-encrypted to its recipients,
+// after checking that every secret written decrypts to the bundle's value;
+// all of it in one transaction. The machine file is written when the
+// repository has none for the machine.
+func (e *Engine) Import(data []byte, opts ImportOptions) (*ImportResult, error) {
+	var ids []age.Identity
+	if e.User != nil {
+		ids = append(ids, e.User.List...)
+	}
+	for _, p := range opts.IdentityFiles {
+		more, err := sops.LoadIdentityFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("-i %s: %w", p, err)
+		}
+		ids = append(ids, more.List...)
+	}
+	b, err := Open(data, ids, opts.Plaintext)
 	if err != nil {
 		return nil, err
 	}
-	defer l.Release()
-	if err := Recover(e.Repo); err != nil {
-		return nil, err
-	}
+	var res *ImportResult
+	err = e.locked(func() error {
+		var err error
+		res, err = e.importLocked(b, opts)
+		return err
+	})
+	return res, err
+}
+
+func (e *Engine) importLocked(b *Bundle, opts ImportOptions) (*ImportResult, error) {
 	users, err := e.recipientUsers()
 	if err != nil {
 		return nil, err
 	}
-	mdir := e.Repo.Path("machines", b.Machine)
-	var m *spec.Machine
-	wroteSpec := ""
-	if _, err := os.Stat(mdir); err == nil {
-		if m, err = e.Repo.Machine(b.Machine); err != nil {
-			return nil, err
-		}
-	} else {
-		p := filepath.Join(mdir, b.MachineFile)
-		if m, err = spec.ParseMachine(p, b.Machine, []byte(b.MachineSpec)); err != nil {
-			return nil, fmt.Errorf("bundle: its machine file does not load here: %w", err)
-		}
-		m.File = e.Repo.Rel(p)
-		wroteSpec = p
+	m, specPath, err := e.bundleMachine(b)
+	if err != nil {
+		return nil, err
 	}
-	// The bundle must match the machine's declaration exactly.
-	for _, bg := range b.Generators {
-		g := m.Vars.Generators[bg.Name]
-		if g == nil {
-			return nil, fmt.Errorf("bundle: generator %s is not declared by %s here", bg.Name, m.File)
-		}
-		for _, f := range bg.Files {
-			if fd := g.Files[f.Name]; fd == nil || fd.IsSecret() != f.Secret {
-				return nil, fmt.Errorf("bundle: %s/%s does not match %s here (missing, or secret/public differs)", bg.Name, f.Name, m.File)
-			}
-		}
-		if len(bg.Files) != len(g.Files) {
-			return nil, fmt.Errorf("bundle: generator %s has %d files, %s declares %d", bg.Name, len(bg.Files), m.File, len(g.Files))
-		}
+	if err := b.matches(m); err != nil {
+		return nil, err
 	}
-
-	if wroteSpec != "" {
+	res := &ImportResult{Machine: m.Name, WroteMachineFile: specPath != ""}
+	mdir := e.Repo.MachinePaths(b.Machine).Dir
+	if specPath != "" {
 		if err := os.MkdirAll(mdir, 0o755); err != nil {
 			return nil, err
 		}
-		if err := atomicfile.Write(wroteSpec, []byte(b.MachineSpec), 0o644); err != nil {
+		if err := atomicfile.Write(specPath, []byte(b.MachineSpec), 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -256,17 +321,68 @@ func (e *Engine) Import(b *Bundle) (*spec.Machine, error) {
 			return nil, err
 		}
 	}
-	sharedTo := map[string][]string{}
+	if res.Vars, err = e.stageBundle(b, m, users); err != nil {
+		return nil, err
+	}
+	paths := []string{e.Repo.Path("vars"), e.Repo.Path("sops"), mdir}
+	if err := e.commitGit(opts.NoCommit, paths, "vars: import %s", m.Name); err != nil {
+		return res, fmt.Errorf("vars %s: imported, but %w", m.Name, err)
+	}
+	return res, nil
+}
+
+// bundleMachine is the machine a bundle is for: this repository's, or
+// the bundle's own machine file (specPath says where to write it).
+func (e *Engine) bundleMachine(b *Bundle) (m *spec.Machine, specPath string, err error) {
+	mdir := e.Repo.MachinePaths(b.Machine).Dir
+	if _, err := os.Stat(mdir); err == nil {
+		m, err := e.Repo.Machine(b.Machine)
+		return m, "", err
+	}
+	p := filepath.Join(mdir, b.MachineFile)
+	if m, err = spec.ParseMachine(p, b.Machine, []byte(b.MachineSpec)); err != nil {
+		return nil, "", fmt.Errorf("bundle: its machine file does not load here: %w", err)
+	}
+	m.File = e.Repo.Rel(p)
+	return m, p, nil
+}
+
+// matches checks that the bundle holds exactly what m declares.
+func (b *Bundle) matches(m *spec.Machine) error {
+	for _, bg := range b.Generators {
+		g := m.Vars.Generators[bg.Name]
+		if g == nil {
+			return fmt.Errorf("bundle: generator %s is not declared by %s here", bg.Name, m.File)
+		}
+		for _, f := range bg.Files {
+			if fd := g.Files[f.Name]; fd == nil || fd.IsSecret() != f.Secret {
+				return fmt.Errorf("bundle: %s/%s does not match %s here (missing, or secret/public differs)", bg.Name, f.Name, m.File)
+			}
+		}
+		if len(bg.Files) != len(g.Files) {
+			return fmt.Errorf("bundle: generator %s has %d files, %s declares %d", bg.Name, len(bg.Files), m.File, len(g.Files))
+		}
+	}
+	return nil
+}
+
+// stageBundle re-encrypts the bundle's vars and commits them in one
+// transaction, proving first that each secret decrypts back; it returns
+// how many vars it wrote.
+func (e *Engine) stageBundle(b *Bundle, m *spec.Machine, users []string) (int, error) {
+	var sharedTo map[string][]string
 	r := &runner{e: e, users: users}
 	t := newTxn(e.Repo)
+	n := 0
 	for _, bg := range b.Generators {
 		g := m.Vars.Generators[bg.Name]
 		machines := []string{m.Name}
 		if g.Share {
-			if len(sharedTo) == 0 {
+			if sharedTo == nil {
+				var err error
 				if sharedTo, err = e.sharedMachines(); err != nil {
 					t.abort()
-					return nil, err
+					return 0, err
 				}
 			}
 			machines = sharedTo[g.Name]
@@ -285,35 +401,27 @@ func (e *Engine) Import(b *Bundle) (*spec.Machine, error) {
 		staging, err := t.stage(e.GeneratorDir(m.Name, g))
 		if err != nil {
 			t.abort()
-			return nil, err
+			return 0, err
 		}
 		if err := r.writeGenerator(staging, g, files, meta, machines); err != nil {
 			t.abort()
-			return nil, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
+			return 0, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
 		}
 		if bg.ValidationHash != "" {
 			atomicfile.Write(filepath.Join(staging, ValidationFile), []byte(bg.ValidationHash), 0o644)
 		}
 		// Prove it: every staged secret decrypts to the bundle's value.
 		for _, f := range bg.Files {
+			n++
 			if !f.Secret {
 				continue
 			}
 			got, err := e.Repo.DecryptSecret(filepath.Join(staging, f.Name), "", e.User)
 			if err != nil || !bytes.Equal(got, f.Value) {
 				t.abort()
-				return nil, fmt.Errorf("vars %s/%s/%s: the re-encrypted var does not decrypt back to the bundle's value (%v); nothing was imported", m.Name, g.Name, f.Name, err)
+				return 0, fmt.Errorf("vars %s/%s/%s: the re-encrypted var does not decrypt back to the bundle's value (%v); nothing was imported", m.Name, g.Name, f.Name, err)
 			}
 		}
 	}
-	if err := t.commit(); err != nil {
-		return nil, err
-	}
-	if !e.NoCommit && e.Repo.InGit() {
-		paths := []string{e.Repo.Path("vars"), e.Repo.Path("sops"), e.Repo.Path(HistoryDir), mdir}
-		if err := e.Repo.Commit(paths, fmt.Sprintf("vars: import %s", m.Name)); err != nil {
-			return m, fmt.Errorf("vars %s: imported, but the git commit failed: %w", m.Name, err)
-		}
-	}
-	return m, nil
+	return n, t.commit()
 }

@@ -55,34 +55,24 @@ type Meta struct {
 }
 
 // Engine reads and writes one repository's vars.
+//
+// It holds what every operation needs — the repository and the user's
+// keys; what varies from call to call (prompt answers, sandbox, commit)
+// is in each operation's options.
 type Engine struct {
 	Repo *repo.Repo
 	// User holds the user's age identities (to read dependencies' secrets
 	// and machine keys). Only needed when something must be decrypted.
 	User *sops.Identities
-	// Sandbox for generator scripts.
-	Sandbox Sandbox
-	// Answers to prompts given non-interactively.
-	Answers Answers
-	// Terminal, when not nil, is where prompts without an answer are asked.
-	Terminal Terminal
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
-	// NoCommit skips the git commit of changed vars.
-	NoCommit bool
-	// Jobs bounds how many machines generate at once (0: one per CPU,
-	// at least two).
-	Jobs int
 
 	inputs inputResolver
 }
 
 // GeneratorDir is where a generator's vars live for a machine.
 func (e *Engine) GeneratorDir(machine string, g *spec.Generator) string {
-	if g.Share {
-		return e.Repo.Path("vars", "shared", g.Name)
-	}
-	return e.Repo.Path("vars", "per-machine", machine, g.Name)
+	return e.Repo.GeneratorDir(machine, g.Name, g.Share)
 }
 
 func (e *Engine) logf(format string, args ...any) {
@@ -248,7 +238,7 @@ func (e *Engine) Get(machine string, m *spec.Machine, gen, file string) ([]byte,
 		}
 		dirs = []string{filepath.Join(e.GeneratorDir(machine, g), file)}
 	} else {
-		dirs = []string{e.Repo.Path("vars", "per-machine", machine, gen, file), e.Repo.Path("vars", "shared", gen, file)}
+		dirs = []string{filepath.Join(e.Repo.GeneratorDir(machine, gen, false), file), filepath.Join(e.Repo.GeneratorDir("", gen, true), file)}
 	}
 	for _, d := range dirs {
 		if b, err := os.ReadFile(filepath.Join(d, "value")); err == nil {

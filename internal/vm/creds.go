@@ -83,3 +83,59 @@ func wipe(creds []cred.Credential) {
 		clear(creds[i].Value)
 	}
 }
+
+// CredentialRow describes one credential a VM would receive — never its
+// value.
+type CredentialRow struct {
+	Name     string `json:"name"`
+	Source   string `json:"source"`
+	Secret   bool   `json:"secret"`
+	Size     int    `json:"size"`
+	Encoding string `json:"encoding"`
+	// SHA256 is given for public values only: a secret's digest would let
+	// anyone test guesses.
+	SHA256 string `json:"sha256"`
+}
+
+// CredentialsReport is what `credvm creds show` prints: the plan and a
+// row per credential, the manifest included.
+type CredentialsReport struct {
+	Machine string `json:"machine"`
+	*cred.Plan
+	Credentials []CredentialRow `json:"credentials"`
+}
+
+// ShowCredentials decrypts the machine's credentials to measure them and
+// plans their transport, as a start would now; values are wiped, never
+// returned.
+func ShowCredentials(e *vars.Engine, m *spec.Machine, machineKeyFile string) (*CredentialsReport, error) {
+	var mk *sops.Identities
+	if machineKeyFile != "" {
+		var err error
+		if mk, err = sops.LoadIdentityFile(machineKeyFile); err != nil {
+			return nil, fmt.Errorf("the machine's age key: %w", err)
+		}
+	}
+	creds, err := Credentials(e, m, mk)
+	if err != nil {
+		return nil, err
+	}
+	defer wipe(creds)
+	plan, err := Plan(m, creds)
+	if err != nil {
+		return nil, err
+	}
+	defer wipe(plan.Credentials)
+	rep := &CredentialsReport{Machine: m.Name, Plan: plan}
+	for _, c := range plan.Credentials {
+		row := CredentialRow{Name: c.Name, Source: c.Source, Secret: c.Secret, Size: len(c.Value), Encoding: "text"}
+		if c.IsBinary() {
+			row.Encoding = "base64"
+		}
+		if !c.Secret {
+			row.SHA256 = c.Digest()
+		}
+		rep.Credentials = append(rep.Credentials, row)
+	}
+	return rep, nil
+}

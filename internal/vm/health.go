@@ -20,6 +20,10 @@ func (s StateDir) ConsoleOffset() int64 {
 	return fi.Size()
 }
 
+// noCheckGrace is how long a VM without a health check must keep running
+// after its start to count as healthy.
+const noCheckGrace = 3 * time.Second
+
 // WaitHealthy waits until a (re)started VM passes its health check
 // ([vm.health]): its console shows a matching line after offset, and/or a
 // TCP port accepts connections, within the timeout. Without a check, the
@@ -27,11 +31,11 @@ func (s StateDir) ConsoleOffset() int64 {
 // The error says what was checked and what was seen.
 func WaitHealthy(s StateDir, m *spec.Machine, offset int64) error {
 	h := &m.VM.Health
-	deadline := time.Now().Add(h.Wait())
+	deadline := time.Now().Add(h.CheckTimeout())
 	if h.ConsoleRe() == nil && h.TCP == "" {
-		time.Sleep(3 * time.Second)
+		time.Sleep(noCheckGrace)
 		if running, _ := s.Running(); !running {
-			return fmt.Errorf("vm %s stopped within 3s of its start (no [vm.health] check is set)", m.Name)
+			return fmt.Errorf("vm %s stopped within %s of its start (no [vm.health] check is set)", m.Name, noCheckGrace)
 		}
 		return nil
 	}
@@ -65,7 +69,7 @@ func WaitHealthy(s StateDir, m *spec.Machine, offset int64) error {
 			if !tcpOK {
 				missing = append(missing, fmt.Sprintf("%s accepted no connection", h.TCP))
 			}
-			return fmt.Errorf("vm %s is not healthy after %s: %s", m.Name, h.Wait(), joinAnd(missing))
+			return fmt.Errorf("vm %s is not healthy after %s: %s", m.Name, h.CheckTimeout(), joinAnd(missing))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

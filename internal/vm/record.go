@@ -40,13 +40,15 @@ type Config struct {
 // RunRecord is run.json: the VM's current or last run, kept by the
 // process that runs it.
 type RunRecord struct {
-	State      string    `json:"state"` // running, exited, failed
-	Supervisor int       `json:"supervisor_pid"`
-	QEMU       int       `json:"qemu_pid,omitempty"`
-	Started    time.Time `json:"started"`
-	Ended      time.Time `json:"ended,omitempty"`
-	ExitCode   int       `json:"exit_code,omitempty"`
-	Signal     string    `json:"signal,omitempty"`
+	State      string `json:"state"` // running, exited, failed
+	Supervisor int    `json:"supervisor_pid"`
+	// Hypervisor is the backend's name, HypervisorPID its process.
+	Hypervisor    string    `json:"hypervisor,omitempty"`
+	HypervisorPID int       `json:"hypervisor_pid,omitempty"`
+	Started       time.Time `json:"started"`
+	Ended         time.Time `json:"ended,omitempty"`
+	ExitCode      int       `json:"exit_code,omitempty"`
+	Signal        string    `json:"signal,omitempty"`
 	// ConfigHash and VarsHash are what the VM booted with.
 	ConfigHash string `json:"config_hash"`
 	VarsHash   string `json:"vars_hash"`
@@ -56,6 +58,24 @@ type RunRecord struct {
 	// LastConsole holds the console's last lines when the run failed.
 	LastConsole []string `json:"last_console,omitempty"`
 	Error       string   `json:"error,omitempty"`
+}
+
+// UnmarshalJSON reads run.json, also as credvm ≤ 0.9 wrote it: the
+// hypervisor's pid as "qemu_pid", whatever the hypervisor.
+func (r *RunRecord) UnmarshalJSON(b []byte) error {
+	type current RunRecord // without this method
+	var v struct {
+		current
+		QEMUPID int `json:"qemu_pid"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*r = RunRecord(v.current)
+	if r.HypervisorPID == 0 && v.QEMUPID != 0 {
+		r.HypervisorPID = v.QEMUPID
+	}
+	return nil
 }
 
 // Run states.

@@ -13,10 +13,11 @@ import (
 	"github.com/credvm/credvm/internal/hypervisor"
 	"github.com/credvm/credvm/internal/lock"
 	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/tail"
 )
 
-// RunOptions configure a run.
-type RunOptions struct {
+// bootOptions configure one boot of a machine with its credentials.
+type bootOptions struct {
 	Machine     *spec.Machine
 	Credentials []cred.Credential
 	State       StateDir
@@ -28,7 +29,7 @@ type RunOptions struct {
 	// before the hypervisor is told to quit.
 	ShutdownTimeout time.Duration
 	// Started, if set, is called with the hypervisor's pid once it runs.
-	Started func(pid int)
+	Started func(pid int, hypervisor string)
 	// ConfigHash and VarsHash are recorded in run.json as what the VM
 	// booted with.
 	ConfigHash, VarsHash string
@@ -50,10 +51,10 @@ type Result struct {
 	Signal   string `json:"signal,omitempty"`
 }
 
-// Run starts the machine's hypervisor and waits for it. Cancelling ctx
+// boot starts the machine's hypervisor and waits for it. Cancelling ctx
 // asks the guest to power off, then stops the hypervisor after
 // ShutdownTimeout.
-func Run(ctx context.Context, o RunOptions) (*Result, error) {
+func boot(ctx context.Context, o bootOptions) (*Result, error) {
 	m := o.Machine
 	notice := func(format string, args ...any) {
 		if o.Notices != nil {
@@ -93,7 +94,7 @@ func Run(ctx context.Context, o RunOptions) (*Result, error) {
 	}
 	defer logFile.Close()
 	fmt.Fprintf(logFile, "\n=== credvm: %s started %s ===\n", m.Name, time.Now().UTC().Format(time.RFC3339))
-	lastLines := &hypervisor.Tail{Keep: 20}
+	lastLines := &tail.Lines{Keep: 20}
 	console := io.MultiWriter(logFile, lastLines)
 	if o.Console != nil {
 		console = io.MultiWriter(logFile, lastLines, o.Console)
@@ -109,13 +110,13 @@ func Run(ctx context.Context, o RunOptions) (*Result, error) {
 		return nil, err
 	}
 	notice("%s started (pid %d); console log %s; Ctrl-C powers the guest off", drv.Name(), inst.PID(), o.State.Console())
-	rec := &RunRecord{State: RunRunning, Supervisor: os.Getpid(), QEMU: inst.PID(), Started: time.Now().UTC(),
+	rec := &RunRecord{State: RunRunning, Supervisor: os.Getpid(), Hypervisor: drv.Name(), HypervisorPID: inst.PID(), Started: time.Now().UTC(),
 		ConfigHash: o.ConfigHash, VarsHash: o.VarsHash, Transport: string(plan.Transport), ShutdownTimeout: o.ShutdownTimeout}
 	if err := o.State.SaveRunRecord(rec); err != nil {
 		notice("cannot record the run: %v", err)
 	}
 	if o.Started != nil {
-		o.Started(inst.PID())
+		o.Started(inst.PID(), drv.Name())
 	}
 
 	exited := make(chan hypervisor.Exit, 1)
@@ -175,15 +176,17 @@ func checkPaths(m *spec.Machine) error {
 }
 
 // checkLeftover refuses to start a second hypervisor while one from an
-// earlier run of this VM survived its supervisor.
+// earlier run of this VM survived its supervisor. Every backend names a
+// socket in the VM's state directory on its command line, so a process
+// with that path in its argv is the VM's.
 func checkLeftover(s StateDir, name string) error {
 	rec, err := s.RunRecord()
-	if err != nil || rec == nil || rec.QEMU == 0 || rec.State != RunRunning {
+	if err != nil || rec == nil || rec.HypervisorPID == 0 || rec.State != RunRunning {
 		return nil
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.QEMU))
-	if err == nil && (bytes.Contains(cmdline, []byte("\x00-name\x00"+name+",")) || bytes.Contains(cmdline, []byte(s.Path()))) {
-		return fmt.Errorf("vm %s: its hypervisor from an earlier run is still alive (pid %d) without its credvm; stop it first (kill %d)", name, rec.QEMU, rec.QEMU)
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.HypervisorPID))
+	if err == nil && bytes.Contains(cmdline, []byte(s.Path()+"/")) {
+		return fmt.Errorf("vm %s: its hypervisor from an earlier run is still alive (pid %d) without its credvm; stop it first (kill %d)", name, rec.HypervisorPID, rec.HypervisorPID)
 	}
 	return nil
 }

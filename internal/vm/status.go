@@ -1,15 +1,13 @@
 package vm
 
 import (
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/credvm/credvm/internal/hypervisor"
 	"github.com/credvm/credvm/internal/repo"
-	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
 )
 
@@ -29,19 +27,25 @@ const (
 
 // Status is one VM's state. It never holds a secret.
 type Status struct {
-	Name    string     `json:"name"`
-	Repo    string     `json:"repository"`
-	Running bool       `json:"running"`
-	PID     int        `json:"supervisor_pid,omitempty"`
-	QEMU    int        `json:"qemu_pid,omitempty"`
-	Status  string     `json:"status"`
-	Reasons []string   `json:"reasons,omitempty"`
-	Fix     string     `json:"fix,omitempty"`
-	Current string     `json:"current_config,omitempty"`
-	Run     *RunRecord `json:"last_run,omitempty"`
-	// Hypervisor is what the running hypervisor itself reports.
-	Hypervisor string `json:"hypervisor_state,omitempty"`
-	ConsoleLog string `json:"console_log"`
+	Name    string `json:"name"`
+	Repo    string `json:"repository"`
+	Running bool   `json:"running"`
+	// SupervisorPID is the credvm process running the VM; HypervisorPID
+	// its hypervisor, Hypervisor the backend's name.
+	SupervisorPID int    `json:"supervisor_pid,omitempty"`
+	Hypervisor    string `json:"hypervisor,omitempty"`
+	HypervisorPID int    `json:"hypervisor_pid,omitempty"`
+	Status        string `json:"status"`
+	// Reasons say why the status is what it is; Fix is the command that
+	// makes the VM current.
+	Reasons []string `json:"reasons,omitempty"`
+	Fix     string   `json:"fix,omitempty"`
+	// ConfigHash identifies the VM's current configuration.
+	ConfigHash string     `json:"current_config,omitempty"`
+	Run        *RunRecord `json:"last_run,omitempty"`
+	// HypervisorState is what the running hypervisor itself reports.
+	HypervisorState string `json:"hypervisor_state,omitempty"`
+	ConsoleLog      string `json:"console_log"`
 }
 
 // Inspect computes a VM's status; see Inspector.
@@ -86,8 +90,8 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Name: s.Name, Repo: reg.Repo, Current: reg.Current.Hash, ConsoleLog: s.Console()}
-	st.Running, st.PID = s.Running()
+	st := &Status{Name: s.Name, Repo: reg.Repo, ConfigHash: reg.Current.Hash, ConsoleLog: s.Console()}
+	st.Running, st.SupervisorPID = s.Running()
 	var rec *RunRecord
 	if _, err := os.Stat(s.RunLock()); err == nil {
 		// A VM that never ran has no run lock (nor run record).
@@ -97,7 +101,7 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 	}
 	st.Run = rec
 	if rec != nil && st.Running {
-		st.QEMU = rec.QEMU
+		st.Hypervisor, st.HypervisorPID = rec.Hypervisor, rec.HypervisorPID
 	}
 
 	// Outdated: the repository moved on since `update`.
@@ -108,7 +112,7 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 	if r != nil && !reg.Current.unchanged(r.Path("machines", s.Name, filepath.Base(reg.Current.File))) {
 		repoMachine, err := r.Machine(s.Name)
 		if err != nil {
-			st.Reasons = append(st.Reasons, "machine file unreadable: "+firstLine(err))
+			st.Reasons = append(st.Reasons, "machine file unreadable: "+FirstLine(err))
 		} else if ConfigHash(repoMachine) != reg.Current.Hash {
 			st.Reasons = append(st.Reasons, "configuration changed since the last update")
 		}
@@ -121,12 +125,15 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 		if err != nil {
 			return nil, err
 		}
+		if st.Hypervisor == "" {
+			st.Hypervisor = cur.VM.Hypervisor
+		}
 		if d, err := hypervisor.For(cur); err == nil && probe {
 			if p, ok := d.(hypervisor.Prober); ok {
 				if state, err := p.Probe(s.Path()); err == nil {
-					st.Hypervisor = state
+					st.HypervisorState = state
 				} else {
-					st.Hypervisor = "unreachable: " + err.Error()
+					st.HypervisorState = "unreachable: " + err.Error()
 				}
 			}
 		}
@@ -168,58 +175,8 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 	return st, nil
 }
 
-func firstLine(err error) string {
-	msg := err.Error()
-	for i, c := range msg {
-		if c == '\n' {
-			return msg[:i]
-		}
-	}
-	return msg
-}
-
-// Create registers a machine of a repository as a VM.
-func Create(s StateDir, r *repo.Repo, m *spec.Machine) error {
-	if err := s.Ensure(); err != nil {
-		return err
-	}
-	l, err := s.LockState()
-	if err != nil {
-		return err
-	}
-	defer l.Release()
-	if s.Exists() {
-		return fmt.Errorf("vm %s already exists (%s); `credvm update %s` applies a changed configuration", s.Name, s.Path(), s.Name)
-	}
-	cfg, err := NewConfig(m, r.Path(m.File))
-	if err != nil {
-		return err
-	}
-	return s.SaveRegistration(&Registration{Name: s.Name, Repo: r.Root, Created: cfg.Updated, Current: cfg})
-}
-
-// Destroy removes the VM's state directory; it must not be running.
-func Destroy(s StateDir) error {
-	if running, pid := s.Running(); running {
-		return fmt.Errorf("vm %s is running (pid %d): stop it first", s.Name, pid)
-	}
-	if !s.Exists() {
-		return fmt.Errorf("vm %s does not exist in %s", s.Name, s.Root)
-	}
-	l, err := s.LockState()
-	if err != nil {
-		return err
-	}
-	defer l.Release()
-	// Only what credvm put there; anything else stays and is reported.
-	for _, f := range []string{"vm.json", "run.json", "run.lock", "state.lock", "console.log", "console.log.1", "console.log.2", "console.log.3", "supervisor.log", "qmp.sock", "ch.sock", "fc.sock", "serial.sock", "vsock.sock", "double.jsonl"} {
-		if err := os.Remove(s.File(f)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-	}
-	if err := os.Remove(s.Path()); err != nil {
-		left, _ := filepath.Glob(filepath.Join(s.Path(), "*"))
-		return fmt.Errorf("vm %s: state removed, but %s holds other files: %v", s.Name, s.Path(), left)
-	}
-	return nil
+// FirstLine is an error's first line, for one-line displays.
+func FirstLine(err error) string {
+	line, _, _ := strings.Cut(err.Error(), "\n")
+	return line
 }

@@ -22,6 +22,9 @@ import (
 	"github.com/credvm/credvm/internal/testenv"
 )
 
+// TestMain removes the test double's build when the tests are done.
+func TestMain(m *testing.M) { testenv.Main(m) }
+
 func machine(t *testing.T, toml string) *spec.Machine {
 	t.Helper()
 	m, err := spec.ParseMachine("/r/machines/vm1/machine.toml", "vm1", []byte(`[vm]

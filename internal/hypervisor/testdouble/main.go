@@ -27,7 +27,6 @@ import (
 	"bytes"
 	"context"
 	_ "embed"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -404,48 +403,7 @@ func (d *double) fcBoot() {
 	d.mu.Lock()
 	args, _ := d.boot["boot_args"].(string)
 	d.mu.Unlock()
-	var creds []guest.Found
-	for _, w := range splitCmdline(args) {
-		for _, prefix := range []string{"systemd.set_credential=", "systemd.set_credential_binary="} {
-			if v, ok := strings.CutPrefix(w, prefix); ok {
-				name, val, _ := strings.Cut(v, ":")
-				if strings.HasSuffix(prefix, "binary=") {
-					if v, err := base64.StdEncoding.DecodeString(val); err == nil {
-						creds = append(creds, guest.FoundValue(name, v, "cmdline"))
-					}
-					continue
-				}
-				creds = append(creds, guest.FoundValue(name, []byte(val), "cmdline"))
-			}
-		}
-	}
+	creds := guest.ParseCmdline(args)
 	fmt.Fprintf(d.console, "test-double: booted with kernel command line of %d bytes\n", len(args))
 	guest.Report(d.console, creds)
-}
-
-// splitCmdline splits a kernel command line as the kernel and systemd do:
-// on spaces, with double quotes grouping (and removed).
-func splitCmdline(s string) []string {
-	var out []string
-	var cur strings.Builder
-	in, any := false, false
-	for _, r := range s {
-		switch {
-		case r == '"':
-			in, any = !in, true
-		case r == ' ' && !in:
-			if any {
-				out = append(out, cur.String())
-			}
-			cur.Reset()
-			any = false
-		default:
-			cur.WriteRune(r)
-			any = true
-		}
-	}
-	if any {
-		out = append(out, cur.String())
-	}
-	return out
 }

@@ -1,4 +1,11 @@
-package guest
+// Command testguest is PID 1 of the fast test guest: the whole userspace
+// of an initramfs (guestimage.FastInitrd), booting in about two seconds
+// under TCG. It mounts the kernel filesystems, loads the modules shipped
+// in /lib/modules (qemu_fw_cfg), reports and verifies the credentials as
+// systemd 252 would see them (credvm's own guest package), and powers
+// off. It is test machinery: the e2e tests build it, the product does
+// not contain it.
+package main
 
 import (
 	"fmt"
@@ -8,21 +15,16 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/credvm/credvm/internal/guest"
 )
 
-// IsInit reports whether this process is a guest's PID 1 started as /init
-// from an initramfs: the fast test guest, where credvm is the whole
-// userspace.
-func IsInit() bool {
-	return os.Getpid() == 1 && filepath.Base(os.Args[0]) == "init"
-}
+func main() { os.Exit(run()) }
 
-// Init is PID 1 of the fast guest: it mounts the kernel filesystems, loads
-// the modules shipped in /lib/modules (qemu_fw_cfg), reports and verifies
-// the credentials as systemd 252 would see them, and powers off. On the
-// kernel command line, credvm.smbios=whole reads SMBIOS as newer systemd
-// does, and credvm.idle keeps the guest up after its report.
-func Init() int {
+// run is the guest's life. On the kernel command line, credvm.smbios=whole
+// reads SMBIOS as newer systemd does, and credvm.idle keeps the guest up
+// after its report.
+func run() int {
 	out := os.Stdout
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
 		out = f
@@ -33,7 +35,7 @@ func Init() int {
 	} {
 		os.MkdirAll(m.dir, 0o755)
 		if err := unix.Mount(m.src, m.dir, m.fs, 0, ""); err != nil && err != unix.EBUSY {
-			fmt.Fprintf(out, "%serror: mount %s: %v\n", ReportPrefix, m.dir, err)
+			fmt.Fprintf(out, "%serror: mount %s: %v\n", guest.ReportPrefix, m.dir, err)
 		}
 	}
 	mods, _ := filepath.Glob("/lib/modules/*.ko")
@@ -43,25 +45,25 @@ func Init() int {
 			continue
 		}
 		if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && err != unix.EEXIST {
-			fmt.Fprintf(out, "%serror: load %s: %v\n", ReportPrefix, filepath.Base(mod), err)
+			fmt.Fprintf(out, "%serror: load %s: %v\n", guest.ReportPrefix, filepath.Base(mod), err)
 		}
 		f.Close()
 	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
-	r := &Reader{Root: "/", SMBIOSSingleRead: !strings.Contains(string(cmdline), "credvm.smbios=whole")}
+	r := &guest.Reader{Root: "/", SMBIOSSingleRead: !strings.Contains(string(cmdline), "credvm.smbios=whole")}
 	start := time.Now()
 	creds, err := r.Merged()
 	if err != nil {
-		fmt.Fprintf(out, "%serror: %v\n", ReportPrefix, err)
+		fmt.Fprintf(out, "%serror: %v\n", guest.ReportPrefix, err)
 		return 1
 	}
-	fmt.Fprintf(out, "%sread %d credentials in %s\n", ReportPrefix, len(creds), time.Since(start).Round(time.Microsecond))
+	fmt.Fprintf(out, "%sread %d credentials in %s\n", guest.ReportPrefix, len(creds), time.Since(start).Round(time.Microsecond))
 	reportDevices(out)
-	ok := Report(out, creds)
-	fmt.Fprintf(out, "%sdone\n", ReportPrefix)
+	ok := guest.Report(out, creds)
+	fmt.Fprintf(out, "%sdone\n", guest.ReportPrefix)
 	if strings.Contains(string(cmdline), "credvm.idle") {
 		// Stay up until the host stops the VM (tests of the lifecycle).
-		fmt.Fprintf(out, "%sidle\n", ReportPrefix)
+		fmt.Fprintf(out, "%sidle\n", guest.ReportPrefix)
 		for {
 			time.Sleep(time.Hour) // (a bare select{} is a deadlock to Go's runtime)
 		}
@@ -89,7 +91,7 @@ func reportDevices(out *os.File) {
 		vendor, _ := os.ReadFile(filepath.Join(d, "vendor"))
 		device, _ := os.ReadFile(filepath.Join(d, "device"))
 		if strings.TrimSpace(string(vendor)) == "0x1af4" {
-			fmt.Fprintf(out, "%sdevice virtio %s\n", ReportPrefix, strings.TrimSpace(string(device)))
+			fmt.Fprintf(out, "%sdevice virtio %s\n", guest.ReportPrefix, strings.TrimSpace(string(device)))
 		}
 	}
 }

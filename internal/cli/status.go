@@ -1,0 +1,183 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/credvm/credvm/internal/vm"
+)
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status NAME",
+		Short: "Show a VM's state: running or not, current/outdated/stale/failed, pids, last exit and console lines",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := vm.Inspect(g.state(args[0]), true)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return g.printJSON(st)
+			}
+			g.printStatus(st)
+			return nil
+		},
+		ValidArgsFunction: vmCompletion(g),
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return cmd
+}
+
+func (g *globals) printStatus(st *vm.Status) {
+	w := g.stdout
+	fmt.Fprintf(w, "%s: %s\n", st.Name, st.Status)
+	if st.Running {
+		fmt.Fprintf(w, "  running: supervisor pid %d, %s pid %d, since %s\n", st.SupervisorPID, st.Hypervisor, st.HypervisorPID, st.Run.Started.Local().Format(time.RFC3339))
+		fmt.Fprintf(w, "  transport: %s\n", st.Run.Transport)
+		if st.HypervisorState != "" {
+			fmt.Fprintf(w, "  hypervisor reports: %s\n", st.HypervisorState)
+		}
+	} else {
+		fmt.Fprintf(w, "  not running\n")
+	}
+	for _, r := range st.Reasons {
+		fmt.Fprintf(w, "  - %s\n", r)
+	}
+	if st.Run != nil && !st.Running {
+		g.printLastRun(st.Run)
+	}
+	fmt.Fprintf(w, "  repository: %s\n  console log: %s\n", st.Repo, st.ConsoleLog)
+	if st.Fix != "" {
+		fmt.Fprintf(w, "  fix: %s\n", st.Fix)
+	}
+}
+
+func (g *globals) printLastRun(run *vm.RunRecord) {
+	w := g.stdout
+	how := fmt.Sprintf("exit status %d", run.ExitCode)
+	if run.Signal != "" {
+		how = "killed by " + run.Signal
+	}
+	if !run.Ended.IsZero() {
+		fmt.Fprintf(w, "  last run: %s, ended %s (%s)\n", run.State, run.Ended.Local().Format(time.RFC3339), how)
+	} else {
+		fmt.Fprintf(w, "  last run: %s\n", run.State)
+	}
+	if run.Error != "" {
+		fmt.Fprintf(w, "  error: %s\n", run.Error)
+	}
+	if len(run.LastConsole) > 0 {
+		fmt.Fprintf(w, "  last console lines:\n")
+		for _, l := range run.LastConsole {
+			fmt.Fprintf(w, "    | %s\n", l)
+		}
+	}
+}
+
+func newListCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	var tags []string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List VMs: running or not, and current / outdated / stale / not booted / failed, with the command that fixes it",
+		Long: `List every VM of the state directory with its status:
+
+  current     running the configuration and vars it should
+  outdated    the machine file changed since the last update   → credvm update -R NAME
+  stale       running an older configuration, or vars older
+              than the repository's (a rotated secret)         → credvm restart NAME
+  not booted  not running                                      → credvm start NAME
+  failed      the last run ended in an error                   → credvm start NAME
+
+It reads small files only (no VM is contacted, nothing is decrypted), so it
+stays fast with hundreds of VMs.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.list(tags, asJSON)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	tagFlag(cmd, &tags, "only VMs whose machine carries this inventory tag")
+	return cmd
+}
+
+func (g *globals) list(tags []string, asJSON bool) error {
+	names, err := vm.Select(g.stateRoot(), nil, tags, true)
+	if err != nil {
+		return err
+	}
+	rows := vm.ListStatuses(g.stateRoot(), names)
+	if asJSON {
+		return g.printListJSON(rows)
+	}
+	return g.printList(rows)
+}
+
+func (g *globals) printListJSON(rows []vm.Listed) error {
+	out := []*vm.Status{}
+	var errs []error
+	for _, r := range rows {
+		if r.Err != nil {
+			errs = append(errs, r.Err)
+			continue
+		}
+		out = append(out, r.Status)
+	}
+	if err := g.printJSON(out); err != nil {
+		return err
+	}
+	return errors.Join(errs...)
+}
+
+func (g *globals) printList(rows []vm.Listed) error {
+	if len(rows) == 0 {
+		fmt.Fprintf(g.stdout, "no VMs in %s (credvm create NAME)\n", g.stateRoot())
+		return nil
+	}
+	tw := table(g.stdout)
+	fmt.Fprintln(tw, "NAME\tRUNNING\tSTATUS\tFIX")
+	for _, r := range rows {
+		if r.Err != nil {
+			fmt.Fprintf(tw, "%s\t?\terror\t%s\n", r.Name, vm.FirstLine(r.Err))
+			continue
+		}
+		running := "no"
+		if r.Status.Running {
+			running = fmt.Sprintf("yes (pid %d)", r.Status.SupervisorPID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, running, colorize(g.stdout, r.Status.Status), r.Status.Fix)
+	}
+	return tw.Flush()
+}
+
+func newLogsCmd(g *globals) *cobra.Command {
+	var follow bool
+	var lines int
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a VM's console log (-f follows it)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := g.state(args[0]).OpenConsole(lines)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			return vm.CopyConsole(ctx, f, g.stdout, follow)
+		},
+		ValidArgsFunction: vmCompletion(g),
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing as the console writes (Ctrl-C to stop)")
+	cmd.Flags().IntVarP(&lines, "lines", "n", 0, "start with the last N lines only")
+	return cmd
+}

@@ -1,0 +1,191 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
+)
+
+func newVarsListCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:               "list MACHINE",
+		Short:             "List a machine's vars: generator, file, secret or public, and status (never a value)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: machineNameCompletion(g),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, m, err := g.engineMachine(args[0])
+			if err != nil {
+				return err
+			}
+			st, err := e.Status(m)
+			if err != nil {
+				return err
+			}
+			files := []vars.FileStatus{}
+			for _, gs := range st {
+				files = append(files, gs.Files...)
+			}
+			if asJSON {
+				return g.printJSON(files)
+			}
+			if len(files) == 0 {
+				fmt.Fprintf(g.stdout, "%s declares no generators\n", m.Name)
+				return nil
+			}
+			tw := table(g.stdout)
+			fmt.Fprintln(tw, "GENERATOR\tFILE\tKIND\tSTATUS")
+			for _, f := range files {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Generator, f.File, fileKind(f), fileStatus(f))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return cmd
+}
+
+func fileKind(f vars.FileStatus) string {
+	kind := "public"
+	if f.Secret {
+		kind = "secret"
+	}
+	if f.Shared {
+		kind += ", shared"
+	}
+	return kind
+}
+
+func fileStatus(f vars.FileStatus) string {
+	if f.Reason != "" {
+		return f.Status + " (" + f.Reason + ")"
+	}
+	return f.Status
+}
+
+func newVarsCheckCmd(g *globals) *cobra.Command {
+	var tags []string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check [MACHINE...]",
+		Short: "Exit non-zero if any var is missing or outdated, saying which and how to fix it",
+		Long: `Check that every generator of the machines (all when none is named) has
+its vars stored and current. Exits 0 when all are, 1 otherwise, listing
+each missing or outdated generator with the command that fixes it.`,
+		ValidArgsFunction: machineNameCompletion(g),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			ms, err := machines(e.Repo, args, tags)
+			if err != nil {
+				return err
+			}
+			problems, err := e.Check(ms)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if err := g.printJSON(problems); err != nil {
+					return err
+				}
+			} else {
+				for _, p := range problems {
+					fmt.Fprintf(g.stdout, "%s/%s: %s (%s)\n", p.Machine, p.Generator, p.Status, p.Reason)
+				}
+			}
+			if len(problems) > 0 {
+				return &exitError{1, fmt.Sprintf("%s need generating: run `credvm vars generate %s`", plural(len(problems), "generator", "generators"), strings.Join(machinesOf(problems), " "))}
+			}
+			if !asJSON {
+				fmt.Fprintf(g.stdout, "all vars of %s are up to date\n", plural(len(ms), "machine", "machines"))
+			}
+			return nil
+		},
+	}
+	tagFlag(cmd, &tags, "every machine with this inventory tag; repeatable")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the problems as JSON")
+	return cmd
+}
+
+// machinesOf lists the problems' machines, each once, in order.
+func machinesOf(problems []vars.CheckProblem) []string {
+	var out []string
+	for i, p := range problems {
+		if i == 0 || problems[i-1].Machine != p.Machine {
+			out = append(out, p.Machine)
+		}
+	}
+	return out
+}
+
+func newVarsGetCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "get MACHINE GENERATOR/FILE",
+		Short: "Print a var's value to standard output (secrets decrypted with your age key)",
+		Long: `Print a var's value, byte for byte, to standard output.
+
+A secret is decrypted with your age key ($SOPS_AGE_KEY_FILE, $SOPS_AGE_KEY
+or ~/.config/sops/age/keys.txt) or, when you are not one of its recipients,
+through the machine's key (sops/secrets/<machine>-age.key), which you can
+decrypt. Works on clan repositories too, with or without a machine file.`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: machineNameCompletion(g),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			v, err := e.GetVar(args[0], args[1])
+			if err != nil {
+				return err
+			}
+			_, err = g.stdout.Write(v)
+			return err
+		},
+	}
+}
+
+func newVarsSetCmd(g *globals) *cobra.Command {
+	var opts vars.SetOptions
+	cmd := &cobra.Command{
+		Use:   "set MACHINE GENERATOR/FILE",
+		Short: "Store a var's value read from standard input (the other files of the generator are kept)",
+		Long: `Store the bytes read from standard input as one file of a generator,
+exactly as given (a trailing newline is part of the value). The change is
+atomic, and generators depending on this one become outdated.`,
+		Example:           `  printf %s "$NEW_TOKEN" | credvm vars set app-vm-01 api/token`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: machineNameCompletion(g),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, m, err := g.engineMachine(args[0])
+			if err != nil {
+				return err
+			}
+			gen, file, err := spec.SplitVar(args[1])
+			if err != nil {
+				return err
+			}
+			if g.terminal() != nil {
+				fmt.Fprintf(g.stderr, "value for %s/%s (end with Ctrl-D):\n", m.Name, args[1])
+			}
+			v, err := io.ReadAll(g.stdin)
+			if err != nil {
+				return err
+			}
+			if err := e.Set(m, gen, file, v, opts); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "%s: stored %s (%s)\n", m.Name, args[1], plural(len(v), "byte", "bytes"))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&opts.NoCommit, "no-commit", false, "do not git-commit the change")
+	return cmd
+}

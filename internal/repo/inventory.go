@@ -1,0 +1,74 @@
+package repo
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/credvm/credvm/internal/atomicfile"
+	"github.com/credvm/credvm/internal/spec"
+)
+
+// AddToInventory appends a machine's table to inventory.toml — the user's
+// file is kept as written, comments and order included — and returns a
+// function that puts the file back as it was. A machine the inventory
+// lists already is refused.
+func (r *Repo) AddToInventory(name string, tags []string) (undo func() error, err error) {
+	if err := spec.CheckMachineName(name); err != nil {
+		return nil, err
+	}
+	if _, ok := r.Inventory.Machines[name]; ok {
+		return nil, fmt.Errorf("inventory.toml lists machine %s already", name)
+	}
+	p := r.Path("inventory.toml")
+	old, err := os.ReadFile(p)
+	existed := err == nil
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	quoted := make([]string, len(tags))
+	for i, t := range tags {
+		quoted[i] = fmt.Sprintf("%q", t)
+	}
+	table := fmt.Sprintf("[machines.%s]\ntags = [%s]\n", name, strings.Join(quoted, ", "))
+	content := table
+	if trimmed := bytes.TrimRight(old, "\n"); len(trimmed) > 0 {
+		content = string(trimmed) + "\n\n" + table
+	}
+	undo = func() error {
+		if !existed {
+			return os.Remove(p)
+		}
+		return atomicfile.Write(p, old, 0o644)
+	}
+	if err := atomicfile.Write(p, []byte(content), 0o644); err != nil {
+		return nil, err
+	}
+	inv, err := spec.LoadInventory(p)
+	if err != nil {
+		undo()
+		return nil, fmt.Errorf("inventory.toml: adding %s: %w", name, err)
+	}
+	r.Inventory = inv
+	return undo, nil
+}
+
+// CopyMachine copies machines/src to machines/dst (which must not exist)
+// and returns a function that removes the copy.
+func (r *Repo) CopyMachine(src, dst string) (undo func() error, err error) {
+	if err := spec.CheckMachineName(dst); err != nil {
+		return nil, err
+	}
+	from, to := r.MachinePaths(src).Dir, r.MachinePaths(dst).Dir
+	if _, err := os.Lstat(to); err == nil {
+		return nil, fmt.Errorf("machine %s exists already (%s)", dst, r.Rel(to))
+	}
+	undo = func() error { return os.RemoveAll(to) }
+	if err := os.CopyFS(to, os.DirFS(from)); err != nil {
+		undo()
+		return nil, fmt.Errorf("copy %s to %s: %w", r.Rel(from), r.Rel(to), err)
+	}
+	return undo, nil
+}

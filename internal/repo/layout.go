@@ -1,0 +1,95 @@
+package repo
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+)
+
+// HistoryDir holds the replaced generations of vars, outside clan's
+// vars/ tree (see package vars).
+const HistoryDir = "vars-history"
+
+// MachinePaths are the repository paths that belong to one machine,
+// relative to the root (slash-separated): the single list that purge,
+// backup, restore and export take them from.
+type MachinePaths struct {
+	// Dir holds the machine file: machines/<m>.
+	Dir string
+	// Vars holds its per-machine vars: vars/per-machine/<m>.
+	Vars string
+	// History holds their replaced generations: vars-history/per-machine/<m>.
+	History string
+	// PublicKey is its age public key: sops/machines/<m>.
+	PublicKey string
+	// PrivateKey is its age private key, encrypted to the users:
+	// sops/secrets/<m>-age.key.
+	PrivateKey string
+}
+
+// PathsOf returns machine m's paths.
+func PathsOf(m string) MachinePaths {
+	return MachinePaths{
+		Dir:        path.Join("machines", m),
+		Vars:       path.Join("vars", "per-machine", m),
+		History:    path.Join(HistoryDir, "per-machine", m),
+		PublicKey:  path.Join("sops", "machines", m),
+		PrivateKey: path.Join("sops", "secrets", m+"-age.key"),
+	}
+}
+
+// All lists every path, in the order above.
+func (p MachinePaths) All() []string {
+	return []string{p.Dir, p.Vars, p.History, p.PublicKey, p.PrivateKey}
+}
+
+// SharedPaths are a shared generator's paths: its vars and their history.
+func SharedPaths(gen string) []string {
+	return []string{path.Join("vars", "shared", gen), path.Join(HistoryDir, "shared", gen)}
+}
+
+// GeneratorDir is where a generator's vars live: vars/shared/<gen> for a
+// shared generator, else vars/per-machine/<machine>/<gen>.
+func (r *Repo) GeneratorDir(machine, gen string, shared bool) string {
+	if shared {
+		return r.Path("vars", "shared", gen)
+	}
+	return r.Path("vars", "per-machine", machine, gen)
+}
+
+// MachinePaths returns machine m's paths, absolute.
+func (r *Repo) MachinePaths(m string) MachinePaths {
+	p := PathsOf(m)
+	abs := func(rel string) string { return r.Path(filepath.FromSlash(rel)) }
+	return MachinePaths{Dir: abs(p.Dir), Vars: abs(p.Vars), History: abs(p.History), PublicKey: abs(p.PublicKey), PrivateKey: abs(p.PrivateKey)}
+}
+
+// PurgeVars removes a machine's vars and its key pair — not its machine
+// file — under the repository lock, and commits the removal in git. It
+// returns the paths it removed, relative to the root.
+func (r *Repo) PurgeVars(machine string) ([]string, error) {
+	l, err := r.Lock(nil)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Release()
+	p := r.MachinePaths(machine)
+	var removed []string
+	for _, abs := range []string{p.Vars, p.PublicKey, p.PrivateKey} {
+		if _, err := os.Lstat(abs); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err := os.RemoveAll(abs); err != nil {
+			return removed, fmt.Errorf("purge %s: %w", machine, err)
+		}
+		removed = append(removed, r.Rel(abs))
+	}
+	if len(removed) > 0 && r.InGit() {
+		if err := r.Commit(removed, "vars: purge "+machine); err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}

@@ -1,0 +1,135 @@
+package vars
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/credvm/credvm/internal/faultinject"
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/tail"
+)
+
+// failureLines is how much of a failed script's output its error shows.
+const failureLines = 20
+
+// run runs one generator's script in a fresh workspace and returns its
+// checked outputs. outputs holds what this run's earlier generators
+// produced (their dependents read those, not the store).
+func (r *runner) run(ctx context.Context, label, machine string, g *spec.Generator, m *spec.Machine, outputs map[string]map[string][]byte) (map[string][]byte, error) {
+	name := label + "/" + g.Name
+	ws, err := newWorkspace()
+	if err != nil {
+		return nil, fmt.Errorf("vars %s: workspace: %w", name, err)
+	}
+	defer ws.remove()
+	known, err := r.writeInputs(ws, label, machine, g, m, outputs)
+	if err != nil {
+		return nil, fmt.Errorf("vars %s: %w", name, err)
+	}
+	bin, err := r.e.inputs.binDir(filepath.Dir(ws.root), g.RuntimeInputs)
+	if err != nil {
+		return nil, fmt.Errorf("vars %s: %w", name, err)
+	}
+	if err := os.WriteFile(ws.script, []byte(g.Script), 0o500); err != nil {
+		return nil, err
+	}
+	tmp := "/tmp" // bubblewrap mounts a fresh tmpfs there
+	if r.sandbox != SandboxBwrap {
+		tmp = ws.tmp
+	}
+	sc := &scriptCmd{sandbox: r.sandbox, bwrap: r.bwrap, ws: ws, bin: bin, env: []string{
+		"PATH=" + bin, "out=" + ws.out, "in=" + ws.in, "prompts=" + ws.prompts,
+		"HOME=/homeless-shelter", "TMPDIR=" + tmp, "LANG=C.UTF-8",
+	}}
+	rctx, cancel := context.WithTimeout(ctx, g.RunTimeout())
+	defer cancel()
+	cmd := sc.command(rctx)
+	output := &tail.Lines{Keep: failureLines}
+	cmd.Stdout, cmd.Stderr = output, output
+	r.e.logf("%s: generating (sandbox: %s)", name, r.sandbox)
+	start := time.Now()
+	err = cmd.Run()
+	faultinject.Point("vars.script-done")
+	files, collectErr := ws.collect(g)
+	for _, v := range files {
+		known = append(known, v)
+	}
+	switch {
+	case rctx.Err() == context.DeadlineExceeded:
+		return nil, fmt.Errorf("vars %s: the script timed out after %s and was killed; raise `timeout` for the generator in %s", name, g.RunTimeout(), machineFile(m))
+	case err != nil:
+		return nil, scriptFailure(name, err, scrub(strings.Join(output.Lines(), "\n"), known))
+	case collectErr != nil:
+		return nil, fmt.Errorf("vars %s: %w; the stored vars are unchanged", name, collectErr)
+	}
+	r.e.logf("%s: done in %s", name, time.Since(start).Round(time.Millisecond))
+	return files, nil
+}
+
+// writeInputs puts the generator's dependencies and prompt answers into
+// the workspace, and returns them: values to keep out of any message.
+func (r *runner) writeInputs(ws *workspace, label, machine string, g *spec.Generator, m *spec.Machine, outputs map[string]map[string][]byte) ([][]byte, error) {
+	var known [][]byte
+	for _, d := range g.Dependencies {
+		files := outputs[d]
+		if files == nil {
+			dg := depOf(m, g, d)
+			files = map[string][]byte{}
+			for _, f := range dg.SortedFiles() {
+				v, err := r.e.Get(machine, m, dg.Name, f.Name)
+				if err != nil {
+					return nil, fmt.Errorf("input %s/%s: %w", d, f.Name, err)
+				}
+				files[f.Name] = v
+			}
+		}
+		for f, v := range files {
+			if err := ws.writeInput(d, f, v); err != nil {
+				return nil, err
+			}
+			known = append(known, v)
+		}
+	}
+	for _, p := range g.SortedPrompts() {
+		v := r.answers[promptKey(label, g, p)]
+		if err := ws.writePrompt(p.Name, v); err != nil {
+			return nil, err
+		}
+		known = append(known, v)
+	}
+	return known, nil
+}
+
+// scriptFailure is the error for a script that exited non-zero.
+func scriptFailure(name string, err error, output string) error {
+	code := ""
+	var ee interface{ ExitCode() int }
+	if errors.As(err, &ee) && ee.ExitCode() >= 0 {
+		code = " with exit status " + strconv.Itoa(ee.ExitCode())
+	}
+	if output != "" {
+		output = "\n" + indent(output)
+	}
+	return fmt.Errorf("vars %s: the script failed%s; the stored vars are unchanged. Its last output (values redacted):%s", name, code, output)
+}
+
+func machineFile(m *spec.Machine) string {
+	if m == nil {
+		return "machine.toml"
+	}
+	return m.File
+}
+
+func indent(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = "  | " + l
+	}
+	return strings.Join(lines, "\n")
+}

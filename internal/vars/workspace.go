@@ -1,0 +1,187 @@
+package vars
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/credvm/credvm/internal/spec"
+)
+
+// workspace is a run's private scratch directory: out/ for the script's
+// outputs, in/<dep>/<file> for its inputs, prompts/<name>, bin/ (its
+// PATH), tmp/ and the script itself.
+type workspace struct {
+	root, out, in, prompts, tmp, script string
+}
+
+// workspaceBase is a private (0700) directory for workspaces, on tmpfs
+// (/dev/shm) when the machine has it, so plaintext never reaches a disk.
+func workspaceBase() (string, error) {
+	uid := strconv.Itoa(os.Getuid())
+	var candidates []string
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		candidates = append(candidates, d)
+	}
+	candidates = append(candidates, "/dev/shm", os.TempDir())
+	var lastErr error
+	for _, c := range candidates {
+		base := filepath.Join(c, "credvm-"+uid)
+		if err := os.Mkdir(base, 0o700); err != nil && !os.IsExist(err) {
+			lastErr = err
+			continue
+		}
+		// Refuse a base someone else prepared for us (a symlink, another
+		// owner, or open permissions in a shared /tmp).
+		fi, err := os.Lstat(base)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm() != 0o700 {
+			lastErr = fmt.Errorf("%s is not a private directory of yours (want a 0700 directory owned by uid %s)", base, uid)
+			continue
+		}
+		return base, nil
+	}
+	return "", lastErr
+}
+
+func newWorkspace() (*workspace, error) {
+	base, err := workspaceBase()
+	if err != nil {
+		return nil, err
+	}
+	root, err := os.MkdirTemp(base, fmt.Sprintf("gen-%d-", os.Getpid()))
+	if err != nil {
+		return nil, err
+	}
+	ws := &workspace{
+		root:    root,
+		out:     filepath.Join(root, "out"),
+		in:      filepath.Join(root, "in"),
+		prompts: filepath.Join(root, "prompts"),
+		tmp:     filepath.Join(root, "tmp"),
+		script:  filepath.Join(root, "script.sh"),
+	}
+	for _, d := range []string{ws.out, ws.in, ws.prompts, ws.tmp} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			ws.remove()
+			return nil, err
+		}
+	}
+	return ws, nil
+}
+
+func (ws *workspace) remove() { os.RemoveAll(ws.root) }
+
+func (ws *workspace) writeInput(gen, file string, v []byte) error {
+	d := filepath.Join(ws.in, gen)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(d, file), v, 0o400)
+}
+
+func (ws *workspace) writePrompt(name string, v []byte) error {
+	return os.WriteFile(filepath.Join(ws.prompts, name), v, 0o400)
+}
+
+// outputProblem is one way a script's $out differs from the generator's
+// declaration.
+type outputProblem struct {
+	file string
+	kind outputProblemKind
+	typ  fs.FileMode // for notRegular
+}
+
+type outputProblemKind int
+
+const (
+	undeclared outputProblemKind = iota
+	notRegular
+	notWritten
+)
+
+func (p outputProblem) message(gen string) string {
+	switch p.kind {
+	case undeclared:
+		return fmt.Sprintf("the script wrote %q, which is not declared (declare it under [vars.generators.%s.files] or stop writing it)", p.file, gen)
+	case notRegular:
+		return fmt.Sprintf("$out/%s is not a regular file (%s); write the content itself, not a link or directory", p.file, p.typ)
+	}
+	return fmt.Sprintf("the script did not write the declared file $out/%s", p.file)
+}
+
+// collect reads the script's outputs and checks them against the
+// declaration: every declared file present and a regular file (a symlink
+// could point anywhere on the host), nothing undeclared.
+func (ws *workspace) collect(g *spec.Generator) (map[string][]byte, error) {
+	entries, err := os.ReadDir(ws.out)
+	if err != nil {
+		return nil, err
+	}
+	files := map[string][]byte{}
+	var problems []outputProblem
+	for _, ent := range entries {
+		name := ent.Name()
+		switch {
+		case g.Files[name] == nil:
+			problems = append(problems, outputProblem{file: name, kind: undeclared})
+			continue
+		case !ent.Type().IsRegular():
+			problems = append(problems, outputProblem{file: name, kind: notRegular, typ: ent.Type()})
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(ws.out, name))
+		if err != nil {
+			return nil, err
+		}
+		files[name] = b
+	}
+	for _, f := range g.SortedFiles() {
+		_, written := files[f.Name]
+		reported := slices.ContainsFunc(problems, func(p outputProblem) bool { return p.file == f.Name })
+		if !written && !reported {
+			problems = append(problems, outputProblem{file: f.Name, kind: notWritten})
+		}
+	}
+	if len(problems) == 0 {
+		return files, nil
+	}
+	msgs := make([]string, len(problems))
+	for i, p := range problems {
+		msgs[i] = p.message(g.Name)
+	}
+	return files, errors.New(strings.Join(msgs, "; "))
+}
+
+// cleanStaleWorkspaces removes workspaces of credvm processes that no
+// longer run (killed before they could clean up).
+func cleanStaleWorkspaces() {
+	base, err := workspaceBase()
+	if err != nil {
+		return
+	}
+	entries, _ := os.ReadDir(base)
+	for _, ent := range entries {
+		parts := strings.SplitN(ent.Name(), "-", 3)
+		if len(parts) != 3 || parts[0] != "gen" {
+			continue
+		}
+		pid, err := strconv.Atoi(parts[1])
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(filepath.Join(base, ent.Name()))
+		}
+	}
+}

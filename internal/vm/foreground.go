@@ -1,0 +1,149 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/sops"
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
+)
+
+// RunOptions configure a run in the foreground: `credvm run`, the
+// supervisor of `credvm start`, and credvm@.service.
+type RunOptions struct {
+	State StateDir
+	// OpenRepo opens the repository of a machine that is not a created
+	// VM (`credvm run` in a repository, without `create`).
+	OpenRepo func() (*repo.Repo, error)
+	// User are the user's age identities; nil loads them as sops does.
+	User *sops.Identities
+	// MachineKeyFile is the machine's own age key, to decrypt its vars
+	// without a user key ("": none; with Systemd, the unit's credential
+	// "age-key" when it passes one).
+	MachineKeyFile string
+	// ShutdownTimeout is how long the guest gets to power off when the
+	// run is cancelled, before the hypervisor is told to quit.
+	ShutdownTimeout time.Duration
+	// Console receives the guest's serial console besides console.log.
+	Console io.Writer
+	// Notices receives credvm's one-line messages.
+	Notices io.Writer
+	// Supervised reports to `credvm start` on ReadyFD (see supervise.go).
+	Supervised bool
+	// Systemd tells systemd the service is ready once the hypervisor
+	// runs (sd_notify), and stopping when it ends.
+	Systemd bool
+}
+
+// Target is the machine a VM command acts on: a created VM runs its
+// current configuration (its last `update`) from its repository; a
+// machine that is not a VM runs its repository's machine file as it is.
+type Target struct {
+	Repo       *repo.Repo
+	Machine    *spec.Machine
+	ConfigHash string
+}
+
+// Resolve finds the target for a name.
+func Resolve(s StateDir, openRepo func() (*repo.Repo, error)) (*Target, error) {
+	if s.Exists() {
+		reg, err := s.Registration()
+		if err != nil {
+			return nil, err
+		}
+		r, err := repo.Open(reg.Repo)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", s.Name, err)
+		}
+		m, err := reg.Machine()
+		if err != nil {
+			return nil, err
+		}
+		return &Target{Repo: r, Machine: m, ConfigHash: reg.Current.Hash}, nil
+	}
+	r, err := openRepo()
+	if err != nil {
+		return nil, err
+	}
+	m, err := r.Machine(s.Name)
+	if err != nil {
+		return nil, err
+	}
+	return &Target{Repo: r, Machine: m, ConfigHash: ConfigHash(m)}, nil
+}
+
+// Run boots the VM in the foreground with its credentials and waits for
+// it. Cancelling ctx powers the guest off. It reads the vars at start
+// time and refuses to start when any is missing or outdated.
+func Run(ctx context.Context, o RunOptions) (res *Result, err error) {
+	var hs handshake
+	if o.Supervised {
+		hs = supervisorHandshake()
+		defer func() { hs.ended(err) }()
+	}
+	t, err := Resolve(o.State, o.OpenRepo)
+	if err != nil {
+		return nil, err
+	}
+	if err := vars.RecoverIfNeeded(t.Repo); err != nil {
+		return nil, err
+	}
+	user := o.User
+	if user == nil {
+		if user, err = sops.LoadUserIdentities(); err != nil {
+			return nil, fmt.Errorf("reading your age key: %w", err)
+		}
+	}
+	keyFile := o.MachineKeyFile
+	if keyFile == "" && o.Systemd {
+		keyFile = systemdMachineKey()
+	}
+	var machineKey *sops.Identities
+	if keyFile != "" {
+		if machineKey, err = sops.LoadIdentityFile(keyFile); err != nil {
+			return nil, fmt.Errorf("the machine's age key: %w", err)
+		}
+	}
+	e := &vars.Engine{Repo: t.Repo, User: user}
+	creds, err := Credentials(e, t.Machine, machineKey)
+	if err != nil {
+		return nil, err
+	}
+	res, err = boot(ctx, bootOptions{
+		Machine: t.Machine, Credentials: creds, State: o.State,
+		Console: o.Console, Notices: o.Notices, ShutdownTimeout: o.ShutdownTimeout,
+		ConfigHash: t.ConfigHash, VarsHash: VarsHash(e, t.Machine),
+		Started: func(pid int, hypervisor string) {
+			hs.started(pid, hypervisor)
+			if o.Systemd {
+				daemon.SdNotify(false, fmt.Sprintf("READY=1\nMAINPID=%d\nSTATUS=%s running (pid %d)", os.Getpid(), hypervisor, pid))
+			}
+		},
+	})
+	if o.Systemd && err == nil {
+		daemon.SdNotify(false, "STOPPING=1")
+	}
+	return res, err
+}
+
+// systemdMachineKey is the machine key a unit passes as the credential
+// "age-key" (LoadCredentialEncrypted=age-key:…), or "".
+func systemdMachineKey() string {
+	d := os.Getenv("CREDENTIALS_DIRECTORY")
+	if d == "" {
+		return ""
+	}
+	p := filepath.Join(d, "age-key")
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
+}

@@ -1,0 +1,192 @@
+package vm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/spec"
+)
+
+// Create registers a machine of a repository as a VM.
+func Create(s StateDir, r *repo.Repo, m *spec.Machine) error {
+	if err := s.Ensure(); err != nil {
+		return err
+	}
+	l, err := s.LockState()
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	if s.Exists() {
+		return fmt.Errorf("vm %s already exists (%s); `credvm update %s` applies a changed configuration", s.Name, s.Path(), s.Name)
+	}
+	cfg, err := NewConfig(m, r.Path(m.File))
+	if err != nil {
+		return err
+	}
+	return s.SaveRegistration(&Registration{Name: s.Name, Repo: r.Root, Created: cfg.Updated, Current: cfg})
+}
+
+// UpdateOptions configure Update.
+type UpdateOptions struct {
+	// Start restarts the VM when it runs something older than its
+	// updated configuration and vars (update -R); nil never restarts.
+	Restart *StartOptions
+}
+
+// UpdateResult says what Update did.
+type UpdateResult struct {
+	Name string `json:"name"`
+	// Changed: the configuration changed, as Diff says line by line.
+	Changed bool     `json:"changed"`
+	Diff    []string `json:"diff"`
+	// Stale: the VM runs an older configuration or older vars. Restarted
+	// says it was restarted for that.
+	Stale     bool     `json:"stale"`
+	Restarted *Started `json:"restarted,omitempty"`
+}
+
+// Update applies the repository's current machine file to a VM: the
+// registration takes it as the VM's current configuration, and the
+// difference is returned. A running VM left stale is restarted when asked.
+func Update(s StateDir, o UpdateOptions) (*UpdateResult, error) {
+	res, err := updateRegistration(s)
+	if err != nil {
+		return nil, err
+	}
+	st, err := Inspect(s, false)
+	if err != nil {
+		return nil, err
+	}
+	res.Stale = st.Status == StatusStale
+	if res.Stale && o.Restart != nil {
+		o.Restart.State = s
+		if res.Restarted, err = Restart(*o.Restart); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// updateRegistration takes the machine file as the VM's current
+// configuration, under the VM's state lock (released before any restart,
+// which must not hold up other updates).
+func updateRegistration(s StateDir) (*UpdateResult, error) {
+	if !s.Exists() {
+		_, err := s.Registration()
+		return nil, err
+	}
+	l, err := s.LockState()
+	if err != nil {
+		return nil, err
+	}
+	defer l.Release()
+	reg, err := s.Registration()
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.Open(reg.Repo)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", s.Name, err)
+	}
+	m, err := r.Machine(s.Name)
+	if err != nil {
+		return nil, err
+	}
+	old, err := reg.Machine()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := NewConfig(m, r.Path(m.File))
+	if err != nil {
+		return nil, err
+	}
+	res := &UpdateResult{Name: s.Name, Diff: []string{}}
+	if cfg.Hash == reg.Current.Hash {
+		return res, nil
+	}
+	res.Changed, res.Diff = true, Diff(old, m)
+	reg.Current = cfg
+	return res, s.SaveRegistration(reg)
+}
+
+// DestroyOptions configure Destroy.
+type DestroyOptions struct {
+	// ShutdownTimeout bounds the power-off of a running VM (0: the one it
+	// was started with).
+	ShutdownTimeout time.Duration
+	// PurgeVars also deletes the machine's vars and key pair from its
+	// repository (committed in git).
+	PurgeVars bool
+}
+
+// DestroyResult says what Destroy did.
+type DestroyResult struct {
+	Name      string `json:"name"`
+	StatePath string `json:"state"`
+	// Stopped: the VM was running and was powered off first.
+	Stopped bool `json:"stopped"`
+	// Removed: its state directory is gone.
+	Removed bool `json:"removed"`
+	// Purged lists the repository paths removed with PurgeVars.
+	Purged []string `json:"purged"`
+}
+
+// Destroy stops a VM if it runs and removes its state directory; with
+// PurgeVars, its vars and key too.
+func Destroy(s StateDir, o DestroyOptions) (*DestroyResult, error) {
+	reg, err := s.Registration()
+	if err != nil {
+		return nil, err
+	}
+	res := &DestroyResult{Name: s.Name, StatePath: s.Path(), Purged: []string{}}
+	if running, _ := s.Running(); running {
+		if err := Stop(s, o.ShutdownTimeout); err != nil {
+			return res, err
+		}
+		res.Stopped = true
+	}
+	if err := removeState(s); err != nil {
+		return res, err
+	}
+	res.Removed = true
+	if !o.PurgeVars {
+		return res, nil
+	}
+	r, err := repo.Open(reg.Repo)
+	if err != nil {
+		return res, fmt.Errorf("vm %s: state removed, but its repository cannot be opened to purge its vars: %w", s.Name, err)
+	}
+	res.Purged, err = r.PurgeVars(s.Name)
+	return res, err
+}
+
+// stateFiles are the files credvm puts in a state directory.
+var stateFiles = []string{"vm.json", "run.json", "run.lock", "state.lock", "console.log", "console.log.1", "console.log.2", "console.log.3", "supervisor.log", "qmp.sock", "ch.sock", "fc.sock", "serial.sock", "vsock.sock", "double.jsonl"}
+
+// removeState removes the VM's state directory; the VM must not run.
+func removeState(s StateDir) error {
+	if running, pid := s.Running(); running {
+		return fmt.Errorf("vm %s is running (pid %d): stop it first", s.Name, pid)
+	}
+	l, err := s.LockState()
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	// Only what credvm put there; anything else stays and is reported.
+	for _, f := range stateFiles {
+		if err := os.Remove(s.File(f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if err := os.Remove(s.Path()); err != nil {
+		left, _ := filepath.Glob(filepath.Join(s.Path(), "*"))
+		return fmt.Errorf("vm %s: state removed, but %s holds other files: %v", s.Name, s.Path(), left)
+	}
+	return nil
+}

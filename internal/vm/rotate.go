@@ -1,0 +1,235 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/sops"
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
+)
+
+// A rotation regenerates VMs' secrets one VM at a time: regenerate (the
+// chosen generators and their dependents), restart the VM if it runs,
+// wait until it is healthy. The first failure stops the rollout; the VMs
+// after it keep their old secrets and keep running.
+
+// Outcome is how a rotation ended for one VM.
+type Outcome int
+
+const (
+	// Untouched: not reached (the rollout stopped earlier, or a dry run);
+	// the VM keeps its old secrets.
+	Untouched Outcome = iota
+	// RegenerateFailed: generating failed; its vars are unchanged.
+	RegenerateFailed
+	// RotatedNotRunning: regenerated; the VM gets them at its next start.
+	RotatedNotRunning
+	// RestartFailed: regenerated, but the restart failed.
+	RestartFailed
+	// Unhealthy: regenerated and restarted, but the health check failed.
+	Unhealthy
+	// Healthy: regenerated, restarted and healthy.
+	Healthy
+)
+
+var outcomeText = map[Outcome]string{
+	Untouched:         "untouched: old secrets",
+	RegenerateFailed:  "FAILED to regenerate (vars unchanged)",
+	RotatedNotRunning: "rotated; not running: new secrets at its next start",
+	RestartFailed:     "rotated, but the restart FAILED",
+	Unhealthy:         "rotated and restarted, but UNHEALTHY",
+	Healthy:           "rotated, restarted, healthy",
+}
+
+func (o Outcome) String() string { return outcomeText[o] }
+
+// MarshalText makes an outcome read as a word in JSON.
+func (o Outcome) MarshalText() ([]byte, error) {
+	return []byte(map[Outcome]string{Untouched: "untouched", RegenerateFailed: "regenerate-failed",
+		RotatedNotRunning: "rotated-not-running", RestartFailed: "restart-failed", Unhealthy: "unhealthy", Healthy: "healthy"}[o]), nil
+}
+
+// Failed reports whether the outcome stops a rollout.
+func (o Outcome) Failed() bool { return o == RegenerateFailed || o == RestartFailed || o == Unhealthy }
+
+// RotationStep is one VM of a rotation.
+type RotationStep struct {
+	Name       string   `json:"name"`
+	Generators []string `json:"generators"`
+	// Running: the VM ran when the rotation was planned, so it is
+	// restarted and health-checked.
+	Running bool `json:"running"`
+	// Check describes the health check, for the plan.
+	Check   string  `json:"health_check,omitempty"`
+	Outcome Outcome `json:"outcome"`
+	// Err is why it failed.
+	Err error `json:"-"`
+
+	state   StateDir
+	machine *spec.Machine
+	repo    *repo.Repo
+}
+
+// Rotation is a planned or finished rollout.
+type Rotation struct {
+	Steps []*RotationStep `json:"vms"`
+	// Generators are the ones asked for (none: all of each VM's).
+	Generators []string `json:"generators"`
+	// start configures the restarts.
+	start StartOptions
+}
+
+// RotateOptions configure a rotation.
+type RotateOptions struct {
+	States []StateDir
+	// Generators limits the rotation to these generators and their
+	// dependents; none rotates every generator.
+	Generators []string
+	Start      StartOptions
+	User       *sops.Identities
+	Log        io.Writer
+	// OnStepStart and OnStepFinished, when set, are told of each step.
+	OnStepStart    func(i int, step *RotationStep)
+	OnStepFinished func(i int, step *RotationStep)
+}
+
+// PlanRotation checks that every VM exists and has the generators, and
+// returns the plan; nothing changes.
+func PlanRotation(o RotateOptions) (*Rotation, error) {
+	rot := &Rotation{Generators: o.Generators, start: o.Start}
+	for _, s := range o.States {
+		reg, err := s.Registration()
+		if err != nil {
+			return nil, err
+		}
+		r, err := repo.Open(reg.Repo)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", s.Name, err)
+		}
+		m, err := reg.Machine()
+		if err != nil {
+			return nil, err
+		}
+		step := &RotationStep{Name: s.Name, state: s, machine: m, repo: r, Generators: o.Generators}
+		for _, gen := range o.Generators {
+			if m.Vars.Generators[gen] == nil {
+				return nil, fmt.Errorf("vm %s has no generator %q (see %s)", s.Name, gen, reg.Current.File)
+			}
+		}
+		if len(o.Generators) == 0 {
+			for _, gen := range m.SortedGenerators() {
+				step.Generators = append(step.Generators, gen.Name)
+			}
+		}
+		if len(step.Generators) == 0 {
+			return nil, fmt.Errorf("vm %s declares no generators: nothing to rotate", s.Name)
+		}
+		step.Running, _ = s.Running()
+		if step.Running {
+			step.Check = HealthCheck(m)
+		}
+		rot.Steps = append(rot.Steps, step)
+	}
+	return rot, nil
+}
+
+// HealthCheck describes a machine's health check after a restart.
+func HealthCheck(m *spec.Machine) string {
+	h := &m.VM.Health
+	var parts []string
+	if h.Console != "" {
+		parts = append(parts, fmt.Sprintf("console matches %q", h.Console))
+	}
+	if h.TCP != "" {
+		parts = append(parts, "TCP "+h.TCP+" accepts")
+	}
+	if len(parts) == 0 {
+		return fmt.Sprintf("still running after %s (no [vm.health])", noCheckGrace)
+	}
+	return strings.Join(parts, " and ") + " within " + h.CheckTimeout().String()
+}
+
+// Run carries out the rotation, one VM at a time, and stops at the first
+// failure, which it returns (the steps say what happened to each VM).
+func (rot *Rotation) Run(ctx context.Context, o RotateOptions) error {
+	for i, step := range rot.Steps {
+		if o.OnStepStart != nil {
+			o.OnStepStart(i, step)
+		}
+		step.Outcome, step.Err = rot.rotateOne(ctx, step, o)
+		if o.OnStepFinished != nil {
+			o.OnStepFinished(i, step)
+		}
+		if step.Outcome.Failed() {
+			return fmt.Errorf("rotation stopped at %s: %w", step.Name, step.Err)
+		}
+	}
+	return nil
+}
+
+func (rot *Rotation) rotateOne(ctx context.Context, step *RotationStep, o RotateOptions) (Outcome, error) {
+	e := &vars.Engine{Repo: step.repo, User: o.User, Log: o.Log}
+	if _, err := e.Generate(ctx, []*spec.Machine{step.machine}, vars.GenerateOptions{Generators: step.Generators, Regenerate: true}); err != nil {
+		return RegenerateFailed, err
+	}
+	if !step.Running {
+		return RotatedNotRunning, nil
+	}
+	offset := step.state.ConsoleOffset()
+	start := rot.start
+	start.State = step.state
+	if _, err := Restart(start); err != nil {
+		return RestartFailed, err
+	}
+	if err := WaitHealthy(step.state, step.machine, offset); err != nil {
+		return Unhealthy, err
+	}
+	return Healthy, nil
+}
+
+// Failed is the step the rollout stopped at, or nil.
+func (rot *Rotation) Failed() *RotationStep {
+	for _, s := range rot.Steps {
+		if s.Outcome.Failed() {
+			return s
+		}
+	}
+	return nil
+}
+
+// RollbackCommand is the command line that puts the failed VM back on its
+// old secrets ("" when its vars were not changed).
+func (rot *Rotation) RollbackCommand() string {
+	f := rot.Failed()
+	if f == nil || f.Outcome == RegenerateFailed {
+		return ""
+	}
+	var rb []string
+	for _, gen := range f.Generators {
+		rb = append(rb, "credvm vars rollback "+f.Name+" "+gen)
+	}
+	return strings.Join(rb, " && ") + " && credvm restart " + f.Name
+}
+
+// ContinueCommand goes on with the VMs the rollout did not reach ("" when
+// there are none).
+func (rot *Rotation) ContinueCommand() string {
+	var rest []string
+	for _, s := range rot.Steps {
+		if s.Outcome == Untouched {
+			rest = append(rest, s.Name)
+		}
+	}
+	if len(rest) == 0 {
+		return ""
+	}
+	cmd := "credvm rotate " + strings.Join(rest, " ")
+	for _, gen := range rot.Generators {
+		cmd += " --generator " + gen
+	}
+	return cmd
+}

@@ -1,0 +1,102 @@
+package vm
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/credvm/credvm/internal/atomicfile"
+)
+
+// unitTemplate is credvm@.service. credvm runs the VM in the foreground
+// under systemd (Type=notify: ready once the hypervisor runs); SIGTERM from
+// `systemctl stop` makes it power the guest off and stop the hypervisor
+// after the shutdown timeout, inside TimeoutStopSec. It is parsed when a
+// unit is written, not at start-up.
+const unitTemplate = `# credvm@.service — written by ` + "`credvm systemd install`" + `.
+# A VM created with ` + "`credvm create NAME`" + ` runs as credvm@NAME.service.
+[Unit]
+Description=credvm VM %i
+Documentation=https://github.com/credvm/credvm#readme
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+Environment=CREDVM_STATE_DIR={{.StateDir}}
+ExecStart={{.Binary}} run --systemd --quiet --shutdown-timeout {{.Shutdown}} %i
+KillMode=mixed
+TimeoutStopSec={{.StopTimeout}}
+Restart=on-failure
+RestartSec=5s
+NoNewPrivileges=yes
+PrivateTmp=yes
+# To decrypt with the machine's own key instead of a user key, store it
+# encrypted with systemd-creds and pass it as the credential "age-key":
+#LoadCredentialEncrypted=age-key:/etc/credstore.encrypted/credvm-%i.age-key
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// UnitOptions configure credvm@.service.
+type UnitOptions struct {
+	// Binary is the credvm executable the unit runs.
+	Binary string
+	// StateRoot is the VMs' state root.
+	StateRoot string
+	// ShutdownTimeout is how long a guest gets to power off on stop.
+	ShutdownTimeout time.Duration
+}
+
+// Unit renders credvm@.service.
+func Unit(o UnitOptions) (string, error) {
+	t, err := template.New("unit").Parse(unitTemplate)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	err = t.Execute(&b, map[string]string{
+		"Binary":      o.Binary,
+		"StateDir":    o.StateRoot,
+		"Shutdown":    o.ShutdownTimeout.String(),
+		"StopTimeout": fmt.Sprint(int((o.ShutdownTimeout + stopGrace + 10*time.Second).Seconds())),
+	})
+	return b.String(), err
+}
+
+// InstalledUnit says where InstallUnit wrote the unit, and whether
+// systemd reloaded it.
+type InstalledUnit struct {
+	Path     string `json:"path"`
+	Reloaded bool   `json:"reloaded"`
+}
+
+// InstallUnit writes credvm@.service into dir and, when systemd runs the
+// system, reloads it.
+func InstallUnit(dir string, o UnitOptions) (*InstalledUnit, error) {
+	unit, err := Unit(o)
+	if err != nil {
+		return nil, err
+	}
+	p := filepath.Join(dir, "credvm@.service")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(p, []byte(unit), 0o644); err != nil {
+		return nil, err
+	}
+	res := &InstalledUnit{Path: p}
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		if out, err := exec.Command("systemctl", "daemon-reload").CombinedOutput(); err != nil {
+			return res, fmt.Errorf("systemctl daemon-reload: %v: %s", err, out)
+		}
+		res.Reloaded = true
+	}
+	return res, nil
+}
