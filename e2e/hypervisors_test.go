@@ -125,7 +125,7 @@ func TestOtherHypervisors(t *testing.T) {
 			}
 			// While it runs: no secret on the hypervisor's or credvm's argv.
 			var run struct {
-				PID        int `json:"qemu_pid"`
+				PID        int `json:"hypervisor_pid"`
 				Supervisor int `json:"supervisor_pid"`
 			}
 			b, _ := os.ReadFile(filepath.Join(r.state, "app-vm-01", "run.json"))

@@ -151,12 +151,12 @@ func TestLifecycle(t *testing.T) {
 	// kill -9 of QEMU: failed, with the exit and the console's last lines;
 	// start works again.
 	var rec struct {
-		QEMU int `json:"qemu_pid"`
+		QEMU int `json:"hypervisor_pid"`
 	}
 	b, _ := os.ReadFile(filepath.Join(r.state, name, "run.json"))
 	json.Unmarshal(b, &rec)
 	if rec.QEMU == 0 {
-		t.Fatalf("run.json has no QEMU pid: %s", b)
+		t.Fatalf("run.json has no hypervisor pid: %s", b)
 	}
 	syscall.Kill(rec.QEMU, syscall.SIGKILL)
 	deadline := time.Now().Add(30 * time.Second)
@@ -280,7 +280,7 @@ func TestSystemdUnit(t *testing.T) {
 	conn.SetReadDeadline(time.Now().Add(time.Second))
 	buf := make([]byte, 4096)
 	n, _, err := conn.ReadFromUnix(buf)
-	if err != nil || !strings.Contains(string(buf[:n]), "READY=1") || !strings.Contains(string(buf[:n]), "STATUS=QEMU running") {
+	if err != nil || !strings.Contains(string(buf[:n]), "READY=1") || !strings.Contains(string(buf[:n]), "STATUS=qemu running (pid ") {
 		t.Errorf("notify socket got %q, %v", buf[:n], err)
 	}
 	console, _ := os.ReadFile(filepath.Join(r.state, name, "console.log"))

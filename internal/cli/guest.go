@@ -29,6 +29,11 @@ CGO_ENABLED=0 to get a static binary that runs in any guest.`,
 		c.Flags().StringVar(&source, "source", "auto", "where to read: system (/run/credentials/@system), firmware (fw_cfg, SMBIOS, then the kernel command line, as systemd merges them), smbios, fw_cfg, cmdline, or auto (system if present, else firmware)")
 		c.Flags().BoolVar(&whole, "smbios-whole", false, "read SMBIOS structures whole (as systemd ≥ 257 does) instead of with one read() as systemd ≤ 252 does")
 	}
+	cmd.AddCommand(newGuestListCmd(g, read, addFlags), newGuestVerifyCmd(g, read, addFlags))
+	return cmd
+}
+
+func newGuestListCmd(g *globals, read func() ([]guest.Found, error), addFlags func(*cobra.Command)) *cobra.Command {
 	var asJSON bool
 	list := &cobra.Command{
 		Use:   "list",
@@ -55,6 +60,10 @@ CGO_ENABLED=0 to get a static binary that runs in any guest.`,
 	}
 	addFlags(list)
 	list.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return list
+}
+
+func newGuestVerifyCmd(g *globals, read func() ([]guest.Found, error), addFlags func(*cobra.Command)) *cobra.Command {
 	verify := &cobra.Command{
 		Use:   "verify",
 		Short: "Check the credentials against credvm's manifest; exit 1 naming any that is missing or cut",
@@ -71,6 +80,5 @@ CGO_ENABLED=0 to get a static binary that runs in any guest.`,
 		},
 	}
 	addFlags(verify)
-	cmd.AddCommand(list, verify)
-	return cmd
+	return verify
 }

@@ -125,34 +125,11 @@ Inside a git work tree the changed vars are committed ("vars: update …");
   credvm vars generate db-01 --prompt db-admin/password=@- < password.txt`,
 		ValidArgsFunction: machineNameCompletion(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
-			}
-			e.Log = g.stderr
-			if opts.Answers, err = g.answers(promptsFile, prompts); err != nil {
-				return err
-			}
-			opts.Terminal, opts.Sandbox = g.terminal(), vars.Sandbox(sandbox)
 			if noSandbox {
-				opts.Sandbox = vars.SandboxNone
+				sandbox = string(vars.SandboxNone)
 			}
-			ms, err := machines(e.Repo, args, tags)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-			defer stop()
-			start := time.Now()
-			results, err := e.Generate(ctx, ms, opts)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return g.printJSON(results)
-			}
-			g.printGenerated(results, time.Since(start))
-			return nil
+			opts.Sandbox = vars.Sandbox(sandbox)
+			return g.generate(args, tags, opts, promptsFile, prompts, asJSON)
 		},
 	}
 	f := cmd.Flags()
@@ -167,6 +144,34 @@ Inside a git work tree the changed vars are committed ("vars: update …");
 	f.BoolVar(&asJSON, "json", false, "print what was generated as JSON")
 	f.IntVarP(&opts.Jobs, "jobs", "j", 0, "machines generated at once (default: one per CPU, at least 2)")
 	return cmd
+}
+
+func (g *globals) generate(names, tags []string, opts vars.GenerateOptions, promptsFile string, prompts []string, asJSON bool) error {
+	e, err := g.engine()
+	if err != nil {
+		return err
+	}
+	e.Log = g.stderr
+	if opts.Answers, err = g.answers(promptsFile, prompts); err != nil {
+		return err
+	}
+	opts.Terminal = g.terminal()
+	ms, err := machines(e.Repo, names, tags)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	start := time.Now()
+	results, err := e.Generate(ctx, ms, opts)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return g.printJSON(results)
+	}
+	g.printGenerated(results, time.Since(start))
+	return nil
 }
 
 func (g *globals) printGenerated(results []vars.Result, took time.Duration) {

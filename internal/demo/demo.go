@@ -45,116 +45,149 @@ type Options struct {
 // the key and the VM state live in a temporary directory, and the key is
 // handed to each step rather than set in the environment.
 func Run(ctx context.Context, o Options) error {
-	out, images, keep := o.Out, o.Images, o.Keep
-	step := 0
-	say := func(format string, args ...any) {
-		step++
-		fmt.Fprintf(out, "\n[%d/6] %s\n", step, fmt.Sprintf(format, args...))
+	if o.Images == "" {
+		o.Images = filepath.Join(".cache", "images")
 	}
-	if images == "" {
-		images = filepath.Join(".cache", "images")
+	d := &demo{out: o.Out, im: guestimage.Images{Dir: o.Images}}
+	tmp, err := os.MkdirTemp("", "credvm-demo-")
+	if err != nil {
+		return err
 	}
-	im := guestimage.Images{Dir: images}
-	say("checking QEMU and the guest images in %s", images)
-	if err := im.Check(true); err != nil {
+	d.tmp = tmp
+	if o.Keep {
+		defer fmt.Fprintf(d.out, "\nkept %s (repository, state and console log)\n", tmp)
+	} else {
+		defer os.RemoveAll(tmp)
+	}
+	steps := []struct {
+		title string
+		run   func(context.Context) error
+	}{
+		{"checking QEMU and the guest images in " + o.Images, d.checkImages},
+		{"creating a repository with the example machine and a user age key", d.makeRepo},
+		{"credvm vars generate app-vm-01", d.generate},
+		{"credvm creds show app-vm-01", d.showCredentials},
+		{"credvm run app-vm-01 (a real systemd guest under QEMU; about 15 s without KVM)", d.boot},
+		{"comparing what the guest saw with what the host sent", d.compare},
+	}
+	for i, st := range steps {
+		fmt.Fprintf(d.out, "\n[%d/%d] %s\n", i+1, len(steps), st.title)
+		if err := st.run(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// demo is one run's state, step to step.
+type demo struct {
+	out     io.Writer
+	im      guestimage.Images
+	tmp     string
+	r       *repo.Repo
+	ids     *sops.Identities
+	m       *spec.Machine
+	creds   []cred.Credential
+	plan    *cred.Plan
+	reports *guestLines
+}
+
+func (d *demo) checkImages(context.Context) error {
+	if err := d.im.Check(true); err != nil {
 		return err
 	}
 	qemuPath, err := exec.LookPath(qemu.Binary)
 	if err != nil {
 		return fmt.Errorf("%s not found: apt-get install qemu-system-x86 (or run `make demo`)", qemu.Binary)
 	}
+	fmt.Fprintf(d.out, "      qemu: %s\n      guest: Debian bookworm with systemd, kernel %s\n", qemuPath, filepath.Base(d.im.Kernel()))
+	return nil
+}
+
+// makeRepo copies the example into a repository with the guest's boot
+// files and a user key of its own.
+func (d *demo) makeRepo(context.Context) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "      qemu: %s\n      guest: Debian bookworm with systemd, kernel %s\n", qemuPath, filepath.Base(im.Kernel()))
-
-	tmp, err := os.MkdirTemp("", "credvm-demo-")
-	if err != nil {
-		return err
-	}
-	if keep {
-		defer fmt.Fprintf(out, "\nkept %s (repository, state and console log)\n", tmp)
-	} else {
-		defer os.RemoveAll(tmp)
-	}
-	repoDir := filepath.Join(tmp, "repo")
+	repoDir := filepath.Join(d.tmp, "repo")
 	sub, _ := fs.Sub(examples.AppVM01, "app-vm-01")
 	if err := os.CopyFS(repoDir, sub); err != nil {
 		return err
 	}
 	imgDir := filepath.Join(repoDir, "images")
 	os.MkdirAll(imgDir, 0o755)
-	if err := os.Symlink(mustAbs(im.Kernel()), filepath.Join(imgDir, "vmlinuz")); err != nil {
+	if err := os.Symlink(mustAbs(d.im.Kernel()), filepath.Join(imgDir, "vmlinuz")); err != nil {
 		return err
 	}
-	if err := im.SystemdInitrd(self, filepath.Join(imgDir, "initrd.img")); err != nil {
+	if err := d.im.SystemdInitrd(self, filepath.Join(imgDir, "initrd.img")); err != nil {
 		return fmt.Errorf("assemble the guest initramfs: %w", err)
 	}
-
-	say("creating a repository with the example machine and a user age key")
-	keyFile := filepath.Join(tmp, "age-key.txt")
+	keyFile := filepath.Join(d.tmp, "age-key.txt")
 	pub, err := sops.CreateKeyFile(keyFile)
 	if err != nil {
 		return err
 	}
-	r, err := repo.Open(repoDir)
-	if err != nil {
+	if d.ids, err = sops.LoadIdentityFile(keyFile); err != nil {
 		return err
 	}
-	if err := r.AddUser("demo", pub); err != nil {
+	if d.r, err = repo.Open(repoDir); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "      repository: %s\n      user key:   %s (public %s…)\n", repoDir, keyFile, pub[:16])
+	if err := d.r.AddUser("demo", pub); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "      repository: %s\n      user key:   %s (public %s…)\n", repoDir, keyFile, pub[:16])
+	return nil
+}
 
-	say("credvm vars generate app-vm-01")
-	ids, err := sops.LoadIdentityFile(keyFile)
-	if err != nil {
+func (d *demo) engine() *vars.Engine {
+	return &vars.Engine{Repo: d.r, User: d.ids, Log: indent.Writer(d.out, "      ")}
+}
+
+func (d *demo) generate(ctx context.Context) error {
+	var err error
+	if d.m, err = d.r.Machine("app-vm-01"); err != nil {
 		return err
 	}
-	e := &vars.Engine{Repo: r, User: ids, Log: indent.Writer(out, "      ")}
-	m, err := r.Machine("app-vm-01")
-	if err != nil {
+	if _, err := d.engine().Generate(ctx, []*spec.Machine{d.m}, vars.GenerateOptions{NoCommit: true}); err != nil {
 		return err
 	}
-	if _, err := e.Generate(ctx, []*spec.Machine{m}, vars.GenerateOptions{NoCommit: true}); err != nil {
-		return err
-	}
-	filepath.WalkDir(filepath.Join(repoDir, "vars"), func(p string, d fs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && (d.Name() == "secret" || d.Name() == "value") {
-			rel, _ := filepath.Rel(repoDir, p)
-			fmt.Fprintf(out, "      %s\n", rel)
+	return filepath.WalkDir(d.r.Path("vars"), func(p string, e fs.DirEntry, err error) error {
+		if err == nil && !e.IsDir() && (e.Name() == "secret" || e.Name() == "value") {
+			fmt.Fprintf(d.out, "      %s\n", d.r.Rel(p))
 		}
 		return nil
 	})
+}
 
-	say("credvm creds show app-vm-01")
-	creds, err := vm.Credentials(e, m, nil)
-	if err != nil {
+func (d *demo) showCredentials(context.Context) error {
+	var err error
+	if d.creds, err = vm.Credentials(d.engine(), d.m, nil); err != nil {
 		return err
 	}
-	plan, err := vm.Plan(m, creds)
-	if err != nil {
+	if d.plan, err = vm.Plan(d.m, d.creds); err != nil {
 		return err
 	}
-	want := map[string]cred.Credential{}
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(d.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "      NAME\tSOURCE\tSIZE\tSHA256 (host)")
-	for _, c := range creds {
-		want[c.Name] = cred.Credential{Name: c.Name, Value: append([]byte(nil), c.Value...), Secret: c.Secret}
+	for _, c := range d.creds {
 		fmt.Fprintf(tw, "      %s\t%s\t%d\t%s…\n", c.Name, c.Source, len(c.Value), c.Digest()[:16])
 	}
 	tw.Flush()
-	fmt.Fprintf(out, "      transport: %s — %s\n", plan.Transport, plan.Why)
+	fmt.Fprintf(d.out, "      transport: %s — %s\n", d.plan.Transport, d.plan.Why)
+	return nil
+}
 
-	say("credvm run app-vm-01 (a real systemd guest under QEMU; about 15 s without KVM)")
-	reports := &guestLines{w: out}
+func (d *demo) boot(ctx context.Context) error {
+	d.reports = &guestLines{w: d.out}
 	res, err := vm.Run(ctx, vm.RunOptions{
-		State:           vm.StateDir{Root: filepath.Join(tmp, "state"), Name: m.Name},
-		OpenRepo:        func() (*repo.Repo, error) { return r, nil },
-		User:            ids,
-		Console:         reports,
-		Notices:         indent.Writer(out, "      "),
+		State:           vm.StateDir{Root: filepath.Join(d.tmp, "state"), Name: d.m.Name},
+		OpenRepo:        func() (*repo.Repo, error) { return d.r, nil },
+		User:            d.ids,
+		Console:         d.reports,
+		Notices:         indent.Writer(d.out, "      "),
 		ShutdownTimeout: 20 * time.Second,
 	})
 	if err != nil {
@@ -163,34 +196,35 @@ func Run(ctx context.Context, o Options) error {
 	if res.ExitCode != 0 {
 		return fmt.Errorf("QEMU exited with status %d; see the console log (rerun with --keep)", res.ExitCode)
 	}
+	return nil
+}
 
-	say("comparing what the guest saw with what the host sent")
-	seen := reports.app()
-	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+func (d *demo) compare(context.Context) error {
+	seen := d.reports.app()
+	tw := tabwriter.NewWriter(d.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "      NAME\tSIZE\tSHA256 (guest)\tRESULT")
 	ok := 0
-	for _, c := range creds {
-		w := want[c.Name]
+	for _, c := range d.creds {
 		got, found := seen[c.Name]
 		result := "MISSING in the guest"
 		switch {
 		case !found:
-		case got.size == len(w.Value) && got.sha == w.Digest():
+		case got.size == len(c.Value) && got.sha == c.Digest():
 			result = "arrived whole"
 			ok++
 		default:
-			result = fmt.Sprintf("DIFFERS (host: %d bytes)", len(w.Value))
+			result = fmt.Sprintf("DIFFERS (host: %d bytes)", len(c.Value))
 		}
 		fmt.Fprintf(tw, "      %s\t%d\t%s…\t%s\n", c.Name, got.size, short(got.sha), result)
 	}
 	tw.Flush()
-	if !reports.verified() {
+	if !d.reports.verified() {
 		return fmt.Errorf("the guest's credvm guest verify did not pass; see the console log (rerun with --keep)")
 	}
-	if ok != len(creds) {
-		return fmt.Errorf("%d of %d credentials did not reach the guest's service whole", len(creds)-ok, len(creds))
+	if ok != len(d.creds) {
+		return fmt.Errorf("%d of %d credentials did not reach the guest's service whole", len(d.creds)-ok, len(d.creds))
 	}
-	fmt.Fprintf(out, "\nAll %d credentials reached the guest's service whole, via %s.\nNo secret was on QEMU's command line, in its environment or in a file: each went through a sealed memfd.\n", ok, plan.Transport)
+	fmt.Fprintf(d.out, "\nAll %d credentials reached the guest's service whole, via %s.\nNo secret was on QEMU's command line, in its environment or in a file: each went through a sealed memfd.\n", ok, d.plan.Transport)
 	return nil
 }
 

@@ -32,6 +32,7 @@ import (
 	"io"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -288,7 +289,11 @@ func encryptDataKey(key []byte, r age.Recipient) (string, error) {
 	return buf.String(), nil
 }
 
-var encRe = regexp.MustCompile(`^ENC\[AES256_GCM,data:(.*),iv:(.+),tag:(.+),type:(.+)\]$`)
+// encRe is compiled on first use, not at start-up: most commands never
+// decrypt.
+var encRe = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^ENC\[AES256_GCM,data:(.*),iv:(.+),tag:(.+),type:(.+)\]$`)
+})
 
 // encryptValue encrypts one value the way sops does. sops leaves empty
 // values unencrypted (as ""), and so do we.
@@ -320,7 +325,7 @@ func decryptValue(key []byte, value, additionalData string) ([]byte, error) {
 	if value == "" {
 		return nil, nil
 	}
-	m := encRe.FindStringSubmatch(value)
+	m := encRe().FindStringSubmatch(value)
 	if m == nil {
 		return nil, errors.New("value is not in sops's ENC[AES256_GCM,…] format")
 	}

@@ -48,7 +48,7 @@ func LoadInventory(path string) (*Inventory, error) {
 			continue
 		}
 		for i, t := range m.Tags {
-			if !hostnameRe.MatchString(t) {
+			if !isHostname(t) {
 				ps = append(ps, doc.problem(fmt.Sprintf("%s.tags[%d]", key, i), "invalid tag %q: letters, digits and '-'", t))
 			}
 		}

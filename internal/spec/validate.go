@@ -17,21 +17,9 @@ import (
 // DefaultTimeout bounds a generator's script when it declares none.
 const DefaultTimeout = 5 * time.Minute
 
-var (
-	hostnameRe = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
-	// nameRe is for generator, file and prompt names: they become directory
-	// names in the vars tree, so no separators, no leading dot (our staging
-	// directories are dot-names), nothing a shell would trip on.
-	nameRe = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,127}$`)
-	macRe  = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
-	cmdRe  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
-	// userRe accepts what useradd accepts, or a numeric id.
-	userRe = regexp.MustCompile(`^[a-z_][a-z0-9_-]*[$]?$|^[0-9]+$`)
-)
-
 // CheckMachineName reports whether name can be a machine: a hostname label.
 func CheckMachineName(name string) error {
-	if !hostnameRe.MatchString(name) {
+	if !isHostname(name) {
 		return fmt.Errorf("invalid machine name %q: use a hostname (letters, digits and '-', at most 63, not starting or ending with '-')", name)
 	}
 	return nil
@@ -39,7 +27,7 @@ func CheckMachineName(name string) error {
 
 // CheckName reports whether name can be a generator, file or prompt name.
 func CheckName(kind, name string) error {
-	if name == "." || name == ".." || !nameRe.MatchString(name) || strings.Contains(name, "..") {
+	if name == "." || name == ".." || !isVarName(name) || strings.Contains(name, "..") {
 		return fmt.Errorf("invalid %s name %q: use letters, digits and _ . + @ - (no '/', no '..', not starting with '.', at most 128)", kind, name)
 	}
 	return nil
@@ -111,7 +99,7 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 				}
 			}
 			for _, who := range []struct{ k, v string }{{"owner", f.Owner}, {"group", f.Group}} {
-				if who.v != "" && !userRe.MatchString(who.v) {
+				if who.v != "" && !isUserName(who.v) {
 					add(fkey+"."+who.k, "invalid %s %q: a user or group name, or a number", who.k, who.v)
 				}
 			}
@@ -143,7 +131,7 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 			}
 		}
 		for i, in := range g.RuntimeInputs {
-			if !cmdRe.MatchString(in) {
+			if !isCommandName(in) {
 				add(fmt.Sprintf("%s.runtime_inputs[%d]", key, i), "invalid runtime input %q: name a command or a Debian package, without a path", in)
 			}
 		}
@@ -298,7 +286,7 @@ func (vm *VM) validate(add ProblemFunc, dir string) {
 			add(key+".id", "a tap interface needs id = the tap device's name (at most 15 characters)")
 		}
 		if n.MAC != "" {
-			if _, err := net.ParseMAC(n.MAC); err != nil || !macRe.MatchString(n.MAC) {
+			if !isMAC(n.MAC) {
 				add(key+".mac", "invalid MAC address %q: write six hex pairs such as \"02:00:00:00:00:01\"", n.MAC)
 			}
 		}
