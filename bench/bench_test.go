@@ -213,6 +213,71 @@ script = 'for i in $(seq -f %%02g 0 %d); do head -c 24 /dev/urandom | base64 > "
 	}
 }
 
+// BenchmarkStartup: `credvm --version` against an empty Go program built
+// with the same toolchain and against bench/floor (the libraries credvm
+// links, and nothing else), interleaved, with the sum of package
+// initialisation (GODEBUG=inittrace=1) of each. With
+// $CREDVM_BENCH_BASELINE naming another credvm binary (an older build),
+// that one is measured in the same loop.
+func BenchmarkStartup(b *testing.B) {
+	floor := filepath.Join(tmpRoot, "floor")
+	build := exec.Command("go", "build", "-o", floor, "./bench/floor")
+	build.Dir, build.Env = testenv.Root(), append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build bench/floor: %v\n%s", err, out)
+	}
+	empty := filepath.Join(tmpRoot, "empty")
+	src := filepath.Join(tmpRoot, "empty-src")
+	os.MkdirAll(src, 0o755)
+	os.WriteFile(filepath.Join(src, "go.mod"), []byte("module empty\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n\nfunc main() {}\n"), 0o644)
+	build = exec.Command("go", "build", "-o", empty, ".")
+	build.Dir, build.Env = src, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build the empty program: %v\n%s", err, out)
+	}
+	bins := map[string]string{"credvm": credvmBin, "empty": empty, "floor": floor}
+	if base := os.Getenv("CREDVM_BENCH_BASELINE"); base != "" {
+		bins["baseline"] = base
+	}
+	times := map[string][]time.Duration{}
+	inits := map[string][]float64{}
+	b.ResetTimer()
+	for range b.N {
+		for name, bin := range bins {
+			d, _ := timeCmd(b, exec.Command(bin, "--version"))
+			times[name] = append(times[name], d)
+			inits[name] = append(inits[name], initTotal(b, bin))
+		}
+	}
+	b.StopTimer()
+	for name, ts := range times {
+		b.ReportMetric(ms(median(ts)), name+"-ms")
+		b.ReportMetric(float64(median(ts))/float64(median(times["empty"])), name+"/empty")
+		in := inits[name]
+		slices.Sort(in)
+		b.ReportMetric(in[len(in)/2], name+"-init-ms")
+	}
+}
+
+// initTotal is the sum of a program's package initialisation times, as
+// the Go runtime reports them with GODEBUG=inittrace=1.
+func initTotal(b *testing.B, bin string) float64 {
+	c := exec.Command(bin, "--version")
+	c.Env = append(os.Environ(), "GODEBUG=inittrace=1")
+	out, _ := c.CombinedOutput()
+	total := 0.0
+	for _, l := range strings.Split(string(out), "\n") {
+		// init PKG @T ms, D ms clock, …
+		f := strings.Fields(l)
+		if len(f) > 6 && f[0] == "init" && f[6] == "clock," {
+			d, _ := strconv.ParseFloat(f[4], 64)
+			total += d
+		}
+	}
+	return total
+}
+
 // BenchmarkGenerate: `vars generate` of 100 machines × 3 generators
 // (openssl rand scripts), sandboxed (bubblewrap) and not, one machine at a
 // time and in parallel, against running the same 300 scripts sequentially

@@ -1,14 +1,9 @@
 package hypervisor
 
 import (
-	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,23 +12,15 @@ import (
 	"github.com/credvm/credvm/internal/cred"
 )
 
-// API is an HTTP API served on a unix socket, as cloud-hypervisor and
-// firecracker serve theirs.
+// API is the HTTP API a hypervisor serves on a unix socket, as
+// cloud-hypervisor and firecracker serve theirs (see httpunix.go).
 type API struct {
-	Socket string
-	client *http.Client
+	Socket  string
+	Timeout time.Duration
 }
 
 // NewAPI returns a client for the API on socket.
-func NewAPI(socket string) *API {
-	return &API{Socket: socket, client: &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		}},
-	}}
-}
+func NewAPI(socket string) *API { return &API{Socket: socket, Timeout: 30 * time.Second} }
 
 // APIError is a non-2xx answer.
 type APIError struct {
@@ -50,37 +37,27 @@ func (e *APIError) Error() string {
 // answer into out (nil to discard). The request body is never part of an
 // error: it may hold credentials.
 func (a *API) Do(method, path string, body, out any) error {
-	var rd io.Reader
+	var b []byte
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
+		var err error
+		if b, err = json.Marshal(body); err != nil {
 			return err
 		}
-		rd = bytes.NewReader(b)
+		defer clear(b)
 	}
-	req, err := http.NewRequest(method, "http://localhost"+path, rd)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := a.client.Do(req)
+	status, resp, err := roundTrip(a.Socket, a.Timeout, method, path, b)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode/100 != 2 {
-		msg := strings.TrimSpace(string(b))
+	if status/100 != 2 {
+		msg := strings.TrimSpace(string(resp))
 		if len(msg) > 300 {
 			msg = msg[:300] + "…"
 		}
-		return &APIError{method, path, resp.StatusCode, msg}
+		return &APIError{method, path, status, msg}
 	}
-	if out != nil && len(b) > 0 {
-		return json.Unmarshal(b, out)
+	if out != nil && len(resp) > 0 {
+		return json.Unmarshal(resp, out)
 	}
 	return nil
 }
