@@ -20,65 +20,45 @@ command line, and what systemd imported (/run/credentials/@system) — and
 print names, sizes and SHA-256 digests, never values. Build credvm with
 CGO_ENABLED=0 to get a static binary that runs in any guest.`,
 	}
-	var source string
-	var whole bool
-	read := func() ([]guest.Found, error) {
-		return (&guest.Reader{Root: "/", SMBIOSSingleRead: !whole}).Read(source)
-	}
-	addFlags := func(c *cobra.Command) {
-		c.Flags().StringVar(&source, "source", "auto", "where to read: system (/run/credentials/@system), firmware (fw_cfg, SMBIOS, then the kernel command line, as systemd merges them), smbios, fw_cfg, cmdline, or auto (system if present, else firmware)")
-		c.Flags().BoolVar(&whole, "smbios-whole", false, "read SMBIOS structures whole (as systemd ≥ 257 does) instead of with one read() as systemd ≤ 252 does")
-	}
-	cmd.AddCommand(newGuestListCmd(g, read, addFlags), newGuestVerifyCmd(g, read, addFlags))
+	var asJSON bool
+	list := newGuestReadCmd("list", "List the credentials that arrived: source, size, SHA-256, name", func(creds []guest.Found) error {
+		if asJSON {
+			return g.printJSON(append([]guest.Found{}, creds...))
+		}
+		tw := table(g.stdout)
+		fmt.Fprintln(tw, "NAME\tSOURCE\tSIZE\tSHA256")
+		for _, c := range creds {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Name, c.Source, c.Size, c.SHA256)
+		}
+		return tw.Flush()
+	})
+	list.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	verify := newGuestReadCmd("verify", "Check the credentials against credvm's manifest; exit 1 naming any that is missing or cut", func(creds []guest.Found) error {
+		if !guest.Report(g.stdout, creds) {
+			return &exitError{code: 1}
+		}
+		return nil
+	})
+	cmd.AddCommand(list, verify)
 	return cmd
 }
 
-func newGuestListCmd(g *globals, read func() ([]guest.Found, error), addFlags func(*cobra.Command)) *cobra.Command {
-	var asJSON bool
-	list := &cobra.Command{
-		Use:   "list",
-		Short: "List the credentials that arrived: source, size, SHA-256, name",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			creds, err := read()
+// newGuestReadCmd is a guest command that reads the credentials that
+// arrived, from the source its flags choose.
+func newGuestReadCmd(use, short string, run func([]guest.Found) error) *cobra.Command {
+	var source string
+	var whole bool
+	cmd := &cobra.Command{
+		Use: use, Short: short, Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			creds, err := (&guest.Reader{Root: "/", SMBIOSSingleRead: !whole}).Read(source)
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				if creds == nil {
-					creds = []guest.Found{}
-				}
-				return g.printJSON(creds)
-			}
-			tw := table(g.stdout)
-			fmt.Fprintln(tw, "NAME\tSOURCE\tSIZE\tSHA256")
-			for _, c := range creds {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Name, c.Source, c.Size, c.SHA256)
-			}
-			return tw.Flush()
+			return run(creds)
 		},
 	}
-	addFlags(list)
-	list.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
-	return list
-}
-
-func newGuestVerifyCmd(g *globals, read func() ([]guest.Found, error), addFlags func(*cobra.Command)) *cobra.Command {
-	verify := &cobra.Command{
-		Use:   "verify",
-		Short: "Check the credentials against credvm's manifest; exit 1 naming any that is missing or cut",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			creds, err := read()
-			if err != nil {
-				return err
-			}
-			if !guest.Report(g.stdout, creds) {
-				return &exitError{code: 1}
-			}
-			return nil
-		},
-	}
-	addFlags(verify)
-	return verify
+	cmd.Flags().StringVar(&source, "source", "auto", "where to read: system (/run/credentials/@system), firmware (fw_cfg, SMBIOS, then the kernel command line, as systemd merges them), smbios, fw_cfg, cmdline, or auto (system if present, else firmware)")
+	cmd.Flags().BoolVar(&whole, "smbios-whole", false, "read SMBIOS structures whole (as systemd ≥ 257 does) instead of with one read() as systemd ≤ 252 does")
+	return cmd
 }

@@ -45,23 +45,12 @@ func (g *globals) create(name string) error {
 
 func newUpdateCmd(g *globals) *cobra.Command {
 	var restart bool
-	var tags []string
 	var timeout time.Duration
-	cmd := &cobra.Command{
-		Use:   "update NAME...",
-		Short: "Apply the repository's current machine file to VMs, showing what changed; -R restarts those running something older",
-		Args:  cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			names, err := vm.Select(g.stateRoot(), args, tags, false)
-			if err != nil {
-				return err
-			}
+	cmd := g.newVMsCmd("update NAME...", "Apply the repository's current machine file to VMs, showing what changed; -R restarts those running something older",
+		func(names []string) error {
 			return each(names, func(n string) error { return g.update(n, restart, timeout) })
-		},
-		ValidArgsFunction: vmCompletion(g),
-	}
+		})
 	cmd.Flags().BoolVarP(&restart, "restart", "R", false, "restart VMs whose running configuration or vars differ from the updated ones")
-	tagFlag(cmd, &tags, "every VM whose machine carries this inventory tag")
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", vm.DefaultShutdownTimeout, "how long a guest gets to power off on restart")
 	return cmd
 }
@@ -98,25 +87,19 @@ func (g *globals) printUpdate(res *vm.UpdateResult, restart bool) {
 func newDestroyCmd(g *globals) *cobra.Command {
 	var purge bool
 	var timeout time.Duration
-	cmd := &cobra.Command{
-		Use:   "destroy NAME",
-		Short: "Stop a VM and remove its state; its vars stay in the repository unless --purge-vars",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			res, err := vm.Destroy(g.state(args[0]), vm.DestroyOptions{PurgeVars: purge, ShutdownTimeout: timeout})
-			if res == nil {
-				return err
-			}
-			if res.Removed {
-				fmt.Fprintf(g.stdout, "%s: destroyed (state %s removed)\n", res.Name, res.StatePath)
-			}
-			if len(res.Purged) > 0 {
-				fmt.Fprintf(g.stdout, "%s: removed its vars and machine key (%s)\n", res.Name, strings.Join(res.Purged, ", "))
-			}
+	cmd := g.newVMCmd("destroy NAME", "Stop a VM and remove its state; its vars stay in the repository unless --purge-vars", func(s vm.StateDir) error {
+		res, err := vm.Destroy(s, vm.DestroyOptions{PurgeVars: purge, ShutdownTimeout: timeout})
+		if res == nil {
 			return err
-		},
-		ValidArgsFunction: vmCompletion(g),
-	}
+		}
+		if res.Removed {
+			fmt.Fprintf(g.stdout, "%s: destroyed (state %s removed)\n", res.Name, res.StatePath)
+		}
+		if len(res.Purged) > 0 {
+			fmt.Fprintf(g.stdout, "%s: removed its vars and machine key (%s)\n", res.Name, strings.Join(res.Purged, ", "))
+		}
+		return err
+	})
 	cmd.Flags().BoolVar(&purge, "purge-vars", false, "also delete the machine's vars and age key from the repository (committed in git)")
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", 0, "how long the guest gets to power off (default: the timeout it was started with)")
 	return cmd

@@ -17,21 +17,8 @@ import (
 
 func newCloneCmd(g *globals) *cobra.Command {
 	var noCommit bool
-	cmd := &cobra.Command{
-		Use:   "clone SRC NEW",
-		Short: "Create machine NEW from SRC's configuration, with its own freshly generated secrets and machine key",
-		Long: `Copy machines/SRC to machines/NEW (and SRC's inventory tags), then
-generate NEW's vars from scratch: NEW gets its own secrets and its own age
-key — never a copy of SRC's. (Shared generators stay shared: that is what
-share = true means.) When SRC is a created VM, NEW is created too. If
-anything fails, nothing of NEW is left behind.`,
-		Args:              cobra.ExactArgs(2),
-		ValidArgsFunction: machineNameCompletion(g),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
-			}
+	cmd := g.newEngineCmd("clone SRC NEW", "Create machine NEW from SRC's configuration, with its own freshly generated secrets and machine key", 2,
+		func(e *vars.Engine, args []string) error {
 			e.Log = g.stderr
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
@@ -45,8 +32,12 @@ anything fails, nothing of NEW is left behind.`,
 				fmt.Fprintf(g.stdout, "%s: created (credvm start %s)\n", res.Name, res.Name)
 			}
 			return err
-		},
-	}
+		})
+	cmd.Long = `Copy machines/SRC to machines/NEW (and SRC's inventory tags), then
+generate NEW's vars from scratch: NEW gets its own secrets and its own age
+key — never a copy of SRC's. (Shared generators stay shared: that is what
+share = true means.) When SRC is a created VM, NEW is created too. If
+anything fails, nothing of NEW is left behind.`
 	cmd.Flags().BoolVar(&noCommit, "no-commit", false, "do not git-commit")
 	return cmd
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
 )
 
@@ -78,5 +80,64 @@ func machineNameCompletion(g *globals) func(*cobra.Command, []string, string) ([
 		}
 		names, _ := r.MachineNames()
 		return names, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// newVMsCmd is a command on VMs named or tagged (NAME... [--tag T]).
+func (g *globals) newVMsCmd(use, short string, run func(names []string) error) *cobra.Command {
+	var tags []string
+	cmd := &cobra.Command{
+		Use: use, Short: short,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: vmCompletion(g),
+		RunE: func(_ *cobra.Command, args []string) error {
+			names, err := vm.Select(g.stateRoot(), args, tags, false)
+			if err != nil {
+				return err
+			}
+			return run(names)
+		},
+	}
+	tagFlag(cmd, &tags, "every VM whose machine carries this inventory tag")
+	return cmd
+}
+
+// newVMCmd is a command on one VM, named by its only argument.
+func (g *globals) newVMCmd(use, short string, run func(s vm.StateDir) error) *cobra.Command {
+	return &cobra.Command{
+		Use: use, Short: short,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: vmCompletion(g),
+		RunE:              func(_ *cobra.Command, args []string) error { return run(g.state(args[0])) },
+	}
+}
+
+// newMachineCmd is a command on one machine of the repository, named by
+// its first argument (of nargs), run with the engine open and the machine
+// loaded.
+func (g *globals) newMachineCmd(use, short string, nargs int, run func(e *vars.Engine, m *spec.Machine, args []string) error) *cobra.Command {
+	return g.newEngineCmd(use, short, nargs, func(e *vars.Engine, args []string) error {
+		m, err := e.Repo.Machine(args[0])
+		if err != nil {
+			return err
+		}
+		return run(e, m, args)
+	})
+}
+
+// newEngineCmd is a command on the repository's machines (nargs
+// arguments, the first a machine name), run with the engine open.
+func (g *globals) newEngineCmd(use, short string, nargs int, run func(e *vars.Engine, args []string) error) *cobra.Command {
+	return &cobra.Command{
+		Use: use, Short: short,
+		Args:              cobra.ExactArgs(nargs),
+		ValidArgsFunction: machineNameCompletion(g),
+		RunE: func(_ *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			return run(e, args)
+		},
 	}
 }

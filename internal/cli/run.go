@@ -11,6 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
 )
 
@@ -81,26 +83,13 @@ func (g *globals) printStarted(st *vm.Started) {
 }
 
 func newStartCmd(g *globals) *cobra.Command {
-	var tags []string
 	var timeout time.Duration
-	cmd := &cobra.Command{
-		Use:   "start NAME...",
-		Short: "Start VMs in the background, supervised (a running VM is reported with its pid)",
-		Long: `Start each VM in the background under a credvm supervisor that holds the
+	cmd := g.newVMsCmd("start NAME...", "Start VMs in the background, supervised (a running VM is reported with its pid)",
+		func(names []string) error { return each(names, func(n string) error { return g.start(n, timeout) }) })
+	cmd.Long = `Start each VM in the background under a credvm supervisor that holds the
 VM's lock, records the run, keeps the console in console.log and, when
 stopped, powers the guest off. start returns once the hypervisor runs, or
-says why it could not start (missing vars: run ` + "`credvm vars generate NAME`" + ` first).`,
-		Args: cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			names, err := vm.Select(g.stateRoot(), args, tags, false)
-			if err != nil {
-				return err
-			}
-			return each(names, func(n string) error { return g.start(n, timeout) })
-		},
-		ValidArgsFunction: vmCompletion(g),
-	}
-	tagFlag(cmd, &tags, "every VM whose machine carries this inventory tag")
+says why it could not start (missing vars: run ` + "`credvm vars generate NAME`" + ` first).`
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", vm.DefaultShutdownTimeout, "how long the guest gets to power off when stopped, before the hypervisor is told to quit")
 	return cmd
 }
@@ -122,22 +111,9 @@ func (g *globals) start(name string, timeout time.Duration) error {
 }
 
 func newStopCmd(g *globals) *cobra.Command {
-	var tags []string
 	var timeout time.Duration
-	cmd := &cobra.Command{
-		Use:   "stop NAME...",
-		Short: "Power VMs off: the guest's power button, then the hypervisor is stopped after the VM's shutdown timeout",
-		Args:  cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			names, err := vm.Select(g.stateRoot(), args, tags, false)
-			if err != nil {
-				return err
-			}
-			return parallel(names, func(n string) error { return g.stop(n, timeout) })
-		},
-		ValidArgsFunction: vmCompletion(g),
-	}
-	tagFlag(cmd, &tags, "every VM whose machine carries this inventory tag")
+	cmd := g.newVMsCmd("stop NAME...", "Power VMs off: the guest's power button, then the hypervisor is stopped after the VM's shutdown timeout",
+		func(names []string) error { return parallel(names, func(n string) error { return g.stop(n, timeout) }) })
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", 0, "how long to wait for the guest to power off (default: the timeout it was started with)")
 	return cmd
 }
@@ -160,27 +136,105 @@ func (g *globals) stop(name string, timeout time.Duration) error {
 }
 
 func newRestartCmd(g *globals) *cobra.Command {
-	var tags []string
 	var timeout time.Duration
-	cmd := &cobra.Command{
-		Use:   "restart NAME...",
-		Short: "Stop and start VMs, so they run their current configuration and vars",
-		Args:  cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			names, err := vm.Select(g.stateRoot(), args, tags, false)
-			if err != nil {
-				return err
-			}
+	cmd := g.newVMsCmd("restart NAME...", "Stop and start VMs, so they run their current configuration and vars",
+		func(names []string) error {
 			return each(names, func(n string) error {
 				if err := g.stop(n, 0); err != nil {
 					return err
 				}
 				return g.start(n, timeout)
 			})
-		},
-		ValidArgsFunction: vmCompletion(g),
-	}
-	tagFlag(cmd, &tags, "every VM whose machine carries this inventory tag")
+		})
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", vm.DefaultShutdownTimeout, "how long the guest gets to power off")
+	return cmd
+}
+
+func newCredsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "creds",
+		Short: "Show the credentials a VM will receive (names, sources, sizes, transport — never values)",
+	}
+	var asJSON bool
+	var ageKey string
+	show := g.newMachineCmd("show MACHINE", "Show each credential's name, source, size and transport, and the SMBIOS budget used", 1,
+		func(e *vars.Engine, m *spec.Machine, _ []string) error {
+			rep, err := vm.ShowCredentials(e, m, ageKey)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return g.printJSON(rep)
+			}
+			tw := table(g.stdout)
+			fmt.Fprintln(tw, "NAME\tSOURCE\tKIND\tSIZE\tENCODING")
+			for _, r := range rep.Credentials {
+				kind := "public"
+				if r.Secret {
+					kind = "secret"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", r.Name, r.Source, kind, r.Size, r.Encoding)
+			}
+			tw.Flush()
+			fmt.Fprintf(g.stdout, "transport: %s (%s)\n", rep.Transport, rep.Why)
+			fmt.Fprintf(g.stdout, "SMBIOS type 11: %d of %d bytes\n", rep.SMBIOSSize, rep.SMBIOSBudget)
+			return nil
+		})
+	show.Long = `Show what the VM would receive if it started now: each credential's name,
+source, size, encoding and transport, and how much of the guest's SMBIOS
+budget the whole set uses. Values are decrypted to measure them exactly, but
+never printed.`
+	show.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	show.Flags().StringVar(&ageKey, "age-key", "", "the machine's own age key file")
+	cmd.AddCommand(show)
+	return cmd
+}
+
+func newSystemdCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "systemd",
+		Short: "Run VMs as systemd services (credvm@NAME.service)",
+	}
+	var dir string
+	var print bool
+	var shutdown time.Duration
+	install := &cobra.Command{
+		Use:   "install",
+		Short: "Write the credvm@.service template unit (then: systemctl enable --now credvm@NAME)",
+		Long: `Write credvm@.service into the systemd unit directory (default
+/etc/systemd/system). credvm@NAME runs the VM created as NAME in the
+foreground, tells systemd it is ready once the hypervisor runs, powers the
+guest off on stop, and is restarted on failure. Secrets are decrypted as in
+` + "`credvm run`" + `; with the credential "age-key"
+(LoadCredentialEncrypted=), the machine's own key is used instead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			o := vm.UnitOptions{Binary: self, StateRoot: g.stateRoot(), ShutdownTimeout: shutdown}
+			if print {
+				unit, err := vm.Unit(o)
+				if err == nil {
+					_, err = fmt.Fprint(g.stdout, unit)
+				}
+				return err
+			}
+			res, err := vm.InstallUnit(dir, o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "wrote %s\n", res.Path)
+			if res.Reloaded {
+				fmt.Fprintf(g.stdout, "reloaded systemd; start a VM with: systemctl enable --now credvm@NAME\n")
+			}
+			return nil
+		},
+	}
+	install.Flags().StringVar(&dir, "dir", "/etc/systemd/system", "unit directory")
+	install.Flags().BoolVar(&print, "print", false, "print the unit instead of writing it")
+	install.Flags().DurationVar(&shutdown, "shutdown-timeout", vm.DefaultShutdownTimeout, "how long a guest gets to power off on stop")
+	cmd.AddCommand(install)
 	return cmd
 }

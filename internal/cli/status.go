@@ -15,12 +15,9 @@ import (
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "status NAME",
-		Short: "Show a VM's state: running or not, current/outdated/stale/failed, pids, last exit and console lines",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := vm.Inspect(g.state(args[0]), true)
+	cmd := g.newVMCmd("status NAME", "Show a VM's state: running or not, current/outdated/stale/failed, pids, last exit and console lines",
+		func(s vm.StateDir) error {
+			st, err := vm.Inspect(s, true)
 			if err != nil {
 				return err
 			}
@@ -29,9 +26,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 			}
 			g.printStatus(st)
 			return nil
-		},
-		ValidArgsFunction: vmCompletion(g),
-	}
+		})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	return cmd
 }
@@ -161,22 +156,16 @@ func (g *globals) printList(rows []vm.Listed) error {
 func newLogsCmd(g *globals) *cobra.Command {
 	var follow bool
 	var lines int
-	cmd := &cobra.Command{
-		Use:   "logs NAME",
-		Short: "Print a VM's console log (-f follows it)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			f, err := g.state(args[0]).OpenConsole(lines)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-			defer stop()
-			return vm.CopyConsole(ctx, f, g.stdout, follow)
-		},
-		ValidArgsFunction: vmCompletion(g),
-	}
+	cmd := g.newVMCmd("logs NAME", "Print a VM's console log (-f follows it)", func(s vm.StateDir) error {
+		f, err := s.OpenConsole(lines)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+		defer stop()
+		return vm.CopyConsole(ctx, f, g.stdout, follow)
+	})
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing as the console writes (Ctrl-C to stop)")
 	cmd.Flags().IntVarP(&lines, "lines", "n", 0, "start with the last N lines only")
 	return cmd

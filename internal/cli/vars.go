@@ -54,19 +54,6 @@ func (g *globals) engine() (*vars.Engine, error) {
 	return e, nil
 }
 
-// engineMachine is engine and the machine it names.
-func (g *globals) engineMachine(name string) (*vars.Engine, *spec.Machine, error) {
-	e, err := g.engine()
-	if err != nil {
-		return nil, nil, err
-	}
-	m, err := e.Repo.Machine(name)
-	if err != nil {
-		return nil, nil, err
-	}
-	return e, m, nil
-}
-
 // machines loads the named (or tagged, or all) machines.
 func machines(r *repo.Repo, names, tags []string) ([]*spec.Machine, error) {
 	selected, err := r.Select(names, tags)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -13,16 +14,8 @@ import (
 
 func newVarsListCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:               "list MACHINE",
-		Short:             "List a machine's vars: generator, file, secret or public, and status (never a value)",
-		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: machineNameCompletion(g),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, m, err := g.engineMachine(args[0])
-			if err != nil {
-				return err
-			}
+	cmd := g.newMachineCmd("list MACHINE", "List a machine's vars: generator, file, secret or public, and status (never a value)", 1,
+		func(e *vars.Engine, m *spec.Machine, _ []string) error {
 			st, err := e.Status(m)
 			if err != nil {
 				return err
@@ -44,8 +37,7 @@ func newVarsListCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Generator, f.File, fileKind(f), fileStatus(f))
 			}
 			return tw.Flush()
-		},
-	}
+		})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	return cmd
 }
@@ -126,48 +118,28 @@ func machinesOf(problems []vars.CheckProblem) []string {
 }
 
 func newVarsGetCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "get MACHINE GENERATOR/FILE",
-		Short: "Print a var's value to standard output (secrets decrypted with your age key)",
-		Long: `Print a var's value, byte for byte, to standard output.
-
-A secret is decrypted with your age key ($SOPS_AGE_KEY_FILE, $SOPS_AGE_KEY
-or ~/.config/sops/age/keys.txt) or, when you are not one of its recipients,
-through the machine's key (sops/secrets/<machine>-age.key), which you can
-decrypt. Works on clan repositories too, with or without a machine file.`,
-		Args:              cobra.ExactArgs(2),
-		ValidArgsFunction: machineNameCompletion(g),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
-			}
+	cmd := g.newEngineCmd("get MACHINE GENERATOR/FILE", "Print a var's value to standard output (secrets decrypted with your age key)", 2,
+		func(e *vars.Engine, args []string) error {
 			v, err := e.GetVar(args[0], args[1])
 			if err != nil {
 				return err
 			}
 			_, err = g.stdout.Write(v)
 			return err
-		},
-	}
+		})
+	cmd.Long = `Print a var's value, byte for byte, to standard output.
+
+A secret is decrypted with your age key ($SOPS_AGE_KEY_FILE, $SOPS_AGE_KEY
+or ~/.config/sops/age/keys.txt) or, when you are not one of its recipients,
+through the machine's key (sops/secrets/<machine>-age.key), which you can
+decrypt. Works on clan repositories too, with or without a machine file.`
+	return cmd
 }
 
 func newVarsSetCmd(g *globals) *cobra.Command {
 	var opts vars.SetOptions
-	cmd := &cobra.Command{
-		Use:   "set MACHINE GENERATOR/FILE",
-		Short: "Store a var's value read from standard input (the other files of the generator are kept)",
-		Long: `Store the bytes read from standard input as one file of a generator,
-exactly as given (a trailing newline is part of the value). The change is
-atomic, and generators depending on this one become outdated.`,
-		Example:           `  printf %s "$NEW_TOKEN" | credvm vars set app-vm-01 api/token`,
-		Args:              cobra.ExactArgs(2),
-		ValidArgsFunction: machineNameCompletion(g),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, m, err := g.engineMachine(args[0])
-			if err != nil {
-				return err
-			}
+	cmd := g.newMachineCmd("set MACHINE GENERATOR/FILE", "Store a var's value read from standard input (the other files of the generator are kept)", 2,
+		func(e *vars.Engine, m *spec.Machine, args []string) error {
 			gen, file, err := spec.SplitVar(args[1])
 			if err != nil {
 				return err
@@ -184,8 +156,70 @@ atomic, and generators depending on this one become outdated.`,
 			}
 			fmt.Fprintf(g.stdout, "%s: stored %s (%s)\n", m.Name, args[1], plural(len(v), "byte", "bytes"))
 			return nil
-		},
-	}
+		})
+	cmd.Long = `Store the bytes read from standard input as one file of a generator,
+exactly as given (a trailing newline is part of the value). The change is
+atomic, and generators depending on this one become outdated.`
+	cmd.Example = `  printf %s "$NEW_TOKEN" | credvm vars set app-vm-01 api/token`
+	cmd.Flags().BoolVar(&opts.NoCommit, "no-commit", false, "do not git-commit the change")
+	return cmd
+}
+
+func newVarsHistoryCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := g.newMachineCmd("history MACHINE", "List the kept earlier generations of a machine's vars (for rollback) — never a value", 1,
+		func(e *vars.Engine, m *spec.Machine, _ []string) error {
+			if _, err := e.PruneHistory(); err != nil {
+				return err
+			}
+			hist, err := e.History(m)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if hist == nil {
+					hist = []vars.HistoryEntry{}
+				}
+				return g.printJSON(hist)
+			}
+			if len(hist) == 0 {
+				fmt.Fprintf(g.stdout, "%s: no earlier generations kept\n", m.Name)
+				return nil
+			}
+			tw := table(g.stdout)
+			fmt.Fprintln(tw, "GENERATOR\tID\tREPLACED\tEXPIRES\tFILES")
+			for _, h := range hist {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", h.Generator, h.ID, h.Replaced.Local().Format(time.DateTime), h.Expires.Local().Format(time.DateTime), strings.Join(h.Files, ", "))
+			}
+			return tw.Flush()
+		})
+	cmd.Long = `Every time vars are regenerated, set or rolled back, the generation they
+replace is kept, sops-encrypted as it was, under vars-history/ for the
+retention period (credvm.toml [history] retention, default 24h).`
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return cmd
+}
+
+func newVarsRollbackCmd(g *globals) *cobra.Command {
+	var opts vars.RollbackOptions
+	cmd := g.newMachineCmd("rollback MACHINE GENERATOR", "Restore a generator's previous generation of vars (the current one is kept in turn)", 2,
+		func(e *vars.Engine, m *spec.Machine, args []string) error {
+			res, err := e.Rollback(m, args[1], opts)
+			if res == nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "%s/%s: rolled back to the generation replaced at %s (%s)\n", res.Machine, res.Generator, res.Restored.Replaced.Local().Format(time.DateTime), res.Restored.ID)
+			if len(res.Dependents) > 0 {
+				fmt.Fprintf(g.stdout, "generators depending on it are now outdated: %s (roll them back too, or regenerate them)\n", strings.Join(res.Dependents, ", "))
+			}
+			fmt.Fprintf(g.stdout, "restart the VM for it to use the restored values: credvm restart %s\n", res.Machine)
+			return err
+		})
+	cmd.Long = `Make the newest kept generation of a generator current again (or the one
+named with --to, from ` + "`credvm vars history`" + `). The generation it replaces is
+kept in turn, so a rollback can be undone the same way. Restart the VM
+(credvm restart MACHINE) for it to get the restored values.`
+	cmd.Flags().StringVar(&opts.To, "to", "", "the kept generation's ID (default: the newest)")
 	cmd.Flags().BoolVar(&opts.NoCommit, "no-commit", false, "do not git-commit the change")
 	return cmd
 }

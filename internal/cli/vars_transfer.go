@@ -8,33 +8,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/atomicfile"
+	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
 )
 
 func newVarsExportCmd(g *globals) *cobra.Command {
 	var opts vars.ExportOptions
 	var out string
-	cmd := &cobra.Command{
-		Use:   "export MACHINE --to RECIPIENT [-o FILE]",
-		Short: "Write a machine's vars as a bundle encrypted to the receiving host's key (migration)",
-		Long: `Write one machine's vars — every value, its machine file and, with
---with-machine-key, its own age key — as a bundle encrypted with age to the
-receiving host: an age recipient (age1…) or an ssh-ed25519 public key (or a
-file holding one). On the other host, ` + "`credvm vars import`" + ` re-encrypts
-them to that repository's keys. age authenticates the bundle: a truncated
-or altered one is refused whole.
-
---plaintext writes the bundle unencrypted, every secret readable: only for
-a channel you trust completely.`,
-		Example: `  credvm vars export app-vm-01 --to age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqysg0v5jf > app-vm-01.bundle
-  credvm vars export app-vm-01 --to ~/.ssh/newhost_ed25519.pub -o app-vm-01.bundle`,
-		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: machineNameCompletion(g),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, m, err := g.engineMachine(args[0])
-			if err != nil {
-				return err
-			}
+	cmd := g.newMachineCmd("export MACHINE --to RECIPIENT [-o FILE]", "Write a machine's vars as a bundle encrypted to the receiving host's key (migration)", 1,
+		func(e *vars.Engine, m *spec.Machine, _ []string) error {
 			if opts.Plaintext {
 				fmt.Fprintf(g.stderr, "credvm: warning: writing %s's secrets UNENCRYPTED (--plaintext)\n", m.Name)
 			}
@@ -50,23 +32,37 @@ a channel you trust completely.`,
 			if err != nil {
 				return err
 			}
-			what := "encrypted to " + opts.To
-			if opts.Plaintext {
-				what = "unencrypted"
-			}
-			if opts.WithMachineKey {
-				what += ", with the machine key"
-			}
-			fmt.Fprintf(g.stderr, "%s: exported %s from %s (%s)\n", b.Machine, plural(b.Vars, "var", "vars"), plural(b.Generators, "generator", "generators"), what)
+			fmt.Fprintf(g.stderr, "%s: exported %s from %s (%s)\n", b.Machine, plural(b.Vars, "var", "vars"), plural(b.Generators, "generator", "generators"), exportedHow(opts))
 			return nil
-		},
-	}
+		})
+	cmd.Long = `Write one machine's vars — every value, its machine file and, with
+--with-machine-key, its own age key — as a bundle encrypted with age to the
+receiving host: an age recipient (age1…) or an ssh-ed25519 public key (or a
+file holding one). On the other host, ` + "`credvm vars import`" + ` re-encrypts
+them to that repository's keys. age authenticates the bundle: a truncated
+or altered one is refused whole.
+
+--plaintext writes the bundle unencrypted, every secret readable: only for
+a channel you trust completely.`
+	cmd.Example = `  credvm vars export app-vm-01 --to age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqysg0v5jf > app-vm-01.bundle
+  credvm vars export app-vm-01 --to ~/.ssh/newhost_ed25519.pub -o app-vm-01.bundle`
 	f := cmd.Flags()
 	f.StringVar(&opts.To, "to", "", "receiving host's key: age1… recipient, ssh-ed25519 public key, or a file holding one")
 	f.StringVarP(&out, "output", "o", "", "write to FILE (0600) instead of standard output")
 	f.BoolVar(&opts.WithMachineKey, "with-machine-key", false, "include the machine's own age key (the VM keeps its identity)")
 	f.BoolVar(&opts.Plaintext, "plaintext", false, "write the bundle unencrypted (every secret readable!)")
 	return cmd
+}
+
+func exportedHow(opts vars.ExportOptions) string {
+	what := "encrypted to " + opts.To
+	if opts.Plaintext {
+		what = "unencrypted"
+	}
+	if opts.WithMachineKey {
+		what += ", with the machine key"
+	}
+	return what
 }
 
 func newVarsImportCmd(g *globals) *cobra.Command {

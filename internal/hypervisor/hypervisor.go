@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -45,29 +44,16 @@ type Driver interface {
 	Start(l Launch) (Instance, error)
 }
 
-var (
-	driversMu sync.RWMutex
-	drivers   = map[string]Driver{}
-)
-
 // Register makes a backend available under its Name, to Lookup and to
-// the machine-file validator. Each backend registers itself from its
-// package's init; package drivers links them all into the program.
-func Register(d Driver) {
-	driversMu.Lock()
-	defer driversMu.Unlock()
-	if _, dup := drivers[d.Name()]; dup {
-		panic("hypervisor: driver " + d.Name() + " registered twice")
-	}
-	drivers[d.Name()] = d
-	spec.RegisterHypervisor(d)
-}
+// the machine-file validator (one registry, spec's: a Driver is the rules
+// spec checks machine files with, and more). Each backend registers itself
+// from its package's init; package drivers links them all into the
+// program.
+func Register(d Driver) { spec.RegisterHypervisor(d) }
 
 // Lookup returns the registered backend called name.
 func Lookup(name string) (Driver, error) {
-	driversMu.RLock()
-	defer driversMu.RUnlock()
-	if d, ok := drivers[name]; ok {
+	if d, ok := spec.LookupHypervisor(name).(Driver); ok {
 		return d, nil
 	}
 	return nil, fmt.Errorf("hypervisor %q is not supported (this credvm knows %s)", name, strings.Join(spec.Hypervisors(), ", "))
@@ -243,4 +229,27 @@ func WaitForSocket(path string, p *Process, d time.Duration) error {
 // state its VM is in ("running", "Running", …), for `credvm status`.
 type Prober interface {
 	Probe(dir string) (string, error)
+}
+
+// CheckKVMBackend reports what a KVM-only backend without QEMU's devices
+// (cloud-hypervisor, firecracker) cannot take from a [vm]: a machine type,
+// TCG, disk images other than raw ones (its drives, called disks), network
+// interfaces other than taps.
+func CheckKVMBackend(name, disks string, vm *spec.VM, problem spec.ProblemFunc) {
+	if vm.Machine != "" {
+		problem("vm.machine", "machine types are QEMU's; %s has none", name)
+	}
+	if vm.Accel == "tcg" {
+		problem("vm.accel", "%s needs KVM; accel = \"tcg\" is QEMU's", name)
+	}
+	for i, d := range vm.Disks {
+		if d.Format != "raw" {
+			problem(fmt.Sprintf("vm.disks[%d].format", i), "%s %s are raw images (%s is %s)", name, disks, d.Image, d.Format)
+		}
+	}
+	for i, n := range vm.Interfaces {
+		if n.Type != "tap" {
+			problem(fmt.Sprintf("vm.interfaces[%d].type", i), "%s has no user-mode network; use type = \"tap\" with id = a tap device", name)
+		}
+	}
 }

@@ -53,7 +53,8 @@ func Hypervisors() []string {
 	return slices.Sorted(maps.Keys(rules))
 }
 
-func hypervisorRules(name string) HypervisorRules {
+// LookupHypervisor returns the rules registered under name, or nil.
+func LookupHypervisor(name string) HypervisorRules {
 	rulesMu.RLock()
 	defer rulesMu.RUnlock()
 	return rules[name]
@@ -61,7 +62,7 @@ func hypervisorRules(name string) HypervisorRules {
 
 // checkHypervisor hands the VM to its backend's rules.
 func (vm *VM) checkHypervisor(add ProblemFunc) {
-	r := hypervisorRules(vm.Hypervisor)
+	r := LookupHypervisor(vm.Hypervisor)
 	if r == nil {
 		known := Hypervisors()
 		if len(known) == 0 {

@@ -9,12 +9,16 @@
 package testenv
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/credvm/credvm/internal/spec"
 )
 
 // Strict reports whether missing tools fail tests instead of skipping them.
@@ -105,3 +109,41 @@ func Main(m *testing.M) {
 	tempMu.Unlock()
 	os.Exit(code)
 }
+
+// Machine parses a machine file for vm1 of a repository at /r, or fails t.
+func Machine(t testing.TB, toml string) *spec.Machine {
+	t.Helper()
+	m, err := spec.ParseMachine("/r/machines/vm1/machine.toml", "vm1", []byte(toml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// ExpectError checks err against a table test's want: with want "" there
+// must be no error (else t fails at once); otherwise err must contain
+// want. It reports whether an error was expected, so the case can stop.
+func ExpectError(t testing.TB, err error, want string) bool {
+	t.Helper()
+	switch {
+	case want == "" && err != nil:
+		t.Fatal(err)
+	case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+	return want != ""
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writers (a console
+// copied by one goroutine, read by the test).
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *SyncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

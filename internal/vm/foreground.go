@@ -55,15 +55,7 @@ type Target struct {
 // Resolve finds the target for a name.
 func Resolve(s StateDir, openRepo func() (*repo.Repo, error)) (*Target, error) {
 	if s.Exists() {
-		reg, err := s.Registration()
-		if err != nil {
-			return nil, err
-		}
-		r, err := repo.Open(reg.Repo)
-		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w", s.Name, err)
-		}
-		m, err := reg.Machine()
+		reg, r, m, err := s.registered()
 		if err != nil {
 			return nil, err
 		}

@@ -85,19 +85,11 @@ func updateRegistration(s StateDir) (*UpdateResult, error) {
 		return nil, err
 	}
 	defer l.Release()
-	reg, err := s.Registration()
+	reg, r, old, err := s.registered()
 	if err != nil {
 		return nil, err
-	}
-	r, err := repo.Open(reg.Repo)
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", s.Name, err)
 	}
 	m, err := r.Machine(s.Name)
-	if err != nil {
-		return nil, err
-	}
-	old, err := reg.Machine()
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/lock"
+	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/spec"
 )
 
 // Registration is vm.json: the VM as created and last updated. It holds
@@ -115,6 +117,24 @@ func (s StateDir) Registration() (*Registration, error) {
 		return nil, fmt.Errorf("vm %s: %w", s.Name, err)
 	}
 	return &r, nil
+}
+
+// registered loads a created VM: its registration, its repository, and
+// the machine as it was at the VM's last update.
+func (s StateDir) registered() (*Registration, *repo.Repo, *spec.Machine, error) {
+	reg, err := s.Registration()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	r, err := repo.Open(reg.Repo)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("vm %s: %w", s.Name, err)
+	}
+	m, err := reg.Machine()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return reg, r, m, nil
 }
 
 // SaveRegistration writes vm.json atomically. The caller holds the state

@@ -102,15 +102,7 @@ type RotateOptions struct {
 func PlanRotation(o RotateOptions) (*Rotation, error) {
 	rot := &Rotation{Generators: o.Generators, start: o.Start}
 	for _, s := range o.States {
-		reg, err := s.Registration()
-		if err != nil {
-			return nil, err
-		}
-		r, err := repo.Open(reg.Repo)
-		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w", s.Name, err)
-		}
-		m, err := reg.Machine()
+		reg, r, m, err := s.registered()
 		if err != nil {
 			return nil, err
 		}

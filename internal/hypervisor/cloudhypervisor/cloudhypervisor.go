@@ -58,13 +58,8 @@ func init() { hypervisor.Register(Driver{}) }
 func (Driver) Name() string { return "cloud-hypervisor" }
 
 // CheckVM implements spec.HypervisorRules: what cloud-hypervisor can run.
-func (Driver) CheckVM(vm *spec.VM, problem spec.ProblemFunc) {
-	if vm.Machine != "" {
-		problem("vm.machine", "machine types are QEMU's; cloud-hypervisor has none")
-	}
-	if vm.Accel == "tcg" {
-		problem("vm.accel", "cloud-hypervisor needs KVM; accel = \"tcg\" is QEMU's")
-	}
+func (d Driver) CheckVM(vm *spec.VM, problem spec.ProblemFunc) {
+	hypervisor.CheckKVMBackend(d.Name(), "disks", vm, problem)
 	switch vm.Transport {
 	case "auto", "smbios":
 	case "fw_cfg":
@@ -74,16 +69,6 @@ func (Driver) CheckVM(vm *spec.VM, problem spec.ProblemFunc) {
 	}
 	if vm.Firmware == "ovmf" {
 		problem("vm.firmware", "firmware = \"ovmf\" is QEMU's; for cloud-hypervisor give the path of its firmware (CLOUDHV.fd or hypervisor-fw)")
-	}
-	for i, d := range vm.Disks {
-		if d.Format != "raw" {
-			problem(fmt.Sprintf("vm.disks[%d].format", i), "cloud-hypervisor disks are raw images (%s is %s)", d.Image, d.Format)
-		}
-	}
-	for i, n := range vm.Interfaces {
-		if n.Type != "tap" {
-			problem(fmt.Sprintf("vm.interfaces[%d].type", i), "cloud-hypervisor has no user-mode network; use type = \"tap\" with id = a tap device")
-		}
 	}
 	for i, sh := range vm.Shares {
 		if sh.Proto != "virtiofs" {

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,17 +25,7 @@ import (
 func TestMain(m *testing.M) { testenv.Main(m) }
 
 func machine(t *testing.T, toml string) *spec.Machine {
-	t.Helper()
-	m, err := spec.ParseMachine("/r/machines/vm1/machine.toml", "vm1", []byte(`[vm]
-hypervisor = "cloud-hypervisor"
-kernel = "/k"
-initrd = "/i"
-cmdline = "console=ttyS0"
-`+toml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return testenv.Machine(t, "[vm]\nhypervisor = \"cloud-hypervisor\"\nkernel = \"/k\"\ninitrd = \"/i\"\ncmdline = \"console=ttyS0\"\n"+toml)
 }
 
 var secret = []byte("s3cret,with=commas\nand newline")
@@ -231,14 +220,6 @@ func readRecords(t *testing.T, path string) []record {
 	return out
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // TestStartAgainstDouble drives the backend against the test double: the
 // credentials travel in vm.create (valid by cloud-hypervisor's schema),
 // never on argv; the double's guest view verifies; power-button stops it,
@@ -260,7 +241,7 @@ func TestStartAgainstDouble(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var console syncBuf
+		var console testenv.SyncBuffer
 		var notices []string
 		in, err := Driver{}.Start(hypervisor.Launch{Name: "vm1", VM: m.VM, Plan: p, Dir: dir, Console: &console,
 			Notice: func(f string, a ...any) { notices = append(notices, f) }})

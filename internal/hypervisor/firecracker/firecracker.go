@@ -47,13 +47,8 @@ func (Driver) Name() string { return "firecracker" }
 const maxVcpus = 32
 
 // CheckVM implements spec.HypervisorRules: what firecracker can run.
-func (Driver) CheckVM(vm *spec.VM, problem spec.ProblemFunc) {
-	if vm.Machine != "" {
-		problem("vm.machine", "machine types are QEMU's; firecracker has none")
-	}
-	if vm.Accel == "tcg" {
-		problem("vm.accel", "firecracker needs KVM; accel = \"tcg\" is QEMU's")
-	}
+func (d Driver) CheckVM(vm *spec.VM, problem spec.ProblemFunc) {
+	hypervisor.CheckKVMBackend(d.Name(), "drives", vm, problem)
 	switch vm.Transport {
 	case "auto":
 	case "smbios", "fw_cfg":
@@ -69,16 +64,6 @@ func (Driver) CheckVM(vm *spec.VM, problem spec.ProblemFunc) {
 	}
 	if len(vm.Shares) > 0 {
 		problem("vm.shares", "firecracker has no virtiofs or 9p; drop [[vm.shares]] or use another hypervisor")
-	}
-	for i, d := range vm.Disks {
-		if d.Format != "raw" {
-			problem(fmt.Sprintf("vm.disks[%d].format", i), "firecracker drives are raw images (%s is %s)", d.Image, d.Format)
-		}
-	}
-	for i, n := range vm.Interfaces {
-		if n.Type != "tap" {
-			problem(fmt.Sprintf("vm.interfaces[%d].type", i), "firecracker has no user-mode network; use type = \"tap\" with id = a tap device")
-		}
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,16 +20,7 @@ import (
 func TestMain(m *testing.M) { testenv.Main(m) }
 
 func machine(t *testing.T, toml string) *spec.Machine {
-	t.Helper()
-	m, err := spec.ParseMachine("/r/machines/vm1/machine.toml", "vm1", []byte(`[vm]
-hypervisor = "firecracker"
-kernel = "/k"
-cmdline = "console=ttyS0 reboot=k"
-`+toml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return testenv.Machine(t, "[vm]\nhypervisor = \"firecracker\"\nkernel = \"/k\"\ncmdline = \"console=ttyS0 reboot=k\"\n"+toml)
 }
 
 func TestPlan(t *testing.T) {
@@ -56,14 +46,8 @@ func TestPlan(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := Driver{}.Plan(machine(t, tt.toml), tt.creds)
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err = %v, want %q", err, tt.err)
-				}
+			if testenv.ExpectError(t, err, tt.err) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			args := BootArgs("console=ttyS0", p)
 			if !strings.Contains(args, `"systemd.set_credential=GREETING:hello world"`) && tt.name != "binary on 254" {
@@ -75,14 +59,6 @@ func TestPlan(t *testing.T) {
 		})
 	}
 }
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestStartAgainstDouble: the configuration goes through the API (each
 // body valid by firecracker's swagger), argv holds only the socket, the
@@ -99,7 +75,7 @@ func TestStartAgainstDouble(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var console syncBuf
+	var console testenv.SyncBuffer
 	in, err := Driver{}.Start(hypervisor.Launch{Name: "vm1", VM: m.VM, Plan: p, Dir: dir, Console: &console, Notice: func(string, ...any) {}})
 	if err != nil {
 		t.Fatal(err)

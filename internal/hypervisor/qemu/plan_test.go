@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/credvm/credvm/internal/cred"
+	"github.com/credvm/credvm/internal/testenv"
 )
 
 func creds(n, size int) []cred.Credential {
@@ -41,14 +42,8 @@ func TestPlan(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := Plan(tt.creds, tt.o)
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err = %v, want %q", err, tt.err)
-				}
+			if testenv.ExpectError(t, err, tt.err) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if slots := fwCfgSlots(tt.o.Machine, len(p.Credentials)); p.Transport != tt.transport || (p.Transport == FwCfg && slots != tt.slots) {
 				t.Errorf("transport %s slots %d (%s), want %s slots %d", p.Transport, slots, p.Why, tt.transport, tt.slots)
