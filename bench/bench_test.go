@@ -65,7 +65,7 @@ func newFixture(b *testing.B) *fixture {
 	state, _ := os.MkdirTemp("/tmp", "cvb")
 	b.Cleanup(func() { os.RemoveAll(state) })
 	f := &fixture{dir: dir, state: state, env: append(os.Environ(),
-		"SOPS_AGE_KEY_FILE="+filepath.Join(dir, "key.txt"), "SOPS_AGE_KEY=", "CREDVM_REPO="+dir, "USER=bench",
+		"SOPS_AGE_KEY_FILE="+filepath.Join(dir, "key.txt"), "SOPS_AGE_KEY=", "CREDVM_REPO="+dir, "USER=bench", "XDG_STATE_HOME="+b.TempDir(),
 		"CREDVM_STATE_DIR="+state)}
 	os.WriteFile(filepath.Join(dir, "credvm.toml"), nil, 0o644)
 	f.credvm(b, "vars", "keygen")

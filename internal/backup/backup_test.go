@@ -10,12 +10,14 @@ import (
 
 	_ "github.com/credvm/credvm/internal/hypervisor/drivers" // machine files name a hypervisor
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/testenv"
 	"github.com/credvm/credvm/internal/vm"
 )
 
 // tree writes files (and symlinks: content "-> target") under dir.
 func tree(t *testing.T, dir string, files map[string]string) {
 	t.Helper()
+	testenv.PrivateState(t)
 	for p, content := range files {
 		full := filepath.Join(dir, p)
 		os.MkdirAll(filepath.Dir(full), 0o755)

@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 
-	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -23,7 +24,7 @@ func (r *Repo) AddToInventory(name string, tags []string) (undo func() error, er
 		return nil, fmt.Errorf("inventory.toml lists machine %s already", name)
 	}
 	p := r.Path("inventory.toml")
-	old, err := os.ReadFile(p)
+	old, err := r.ReadFile(p)
 	existed := err == nil
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -39,14 +40,14 @@ func (r *Repo) AddToInventory(name string, tags []string) (undo func() error, er
 	}
 	undo = func() error {
 		if !existed {
-			return os.Remove(p)
+			return r.Remove(p)
 		}
-		return atomicfile.Write(p, old, 0o644)
+		return r.WriteFileAtomic(p, old, 0o644)
 	}
-	if err := atomicfile.Write(p, []byte(content), 0o644); err != nil {
+	if err := r.WriteFileAtomic(p, []byte(content), 0o644); err != nil {
 		return nil, err
 	}
-	inv, err := spec.LoadInventory(p)
+	inv, err := spec.ParseInventory(p, []byte(content))
 	if err != nil {
 		undo()
 		return nil, fmt.Errorf("inventory.toml: adding %s: %w", name, err)
@@ -62,13 +63,36 @@ func (r *Repo) CopyMachine(src, dst string) (undo func() error, err error) {
 		return nil, err
 	}
 	from, to := r.MachinePaths(src).Dir, r.MachinePaths(dst).Dir
-	if _, err := os.Lstat(to); err == nil {
+	if r.Exists(to) {
 		return nil, fmt.Errorf("machine %s exists already (%s)", dst, r.Rel(to))
 	}
-	undo = func() error { return os.RemoveAll(to) }
-	if err := os.CopyFS(to, os.DirFS(from)); err != nil {
+	undo = func() error { return r.RemoveAll(to) }
+	if err := r.copyTree(from, to); err != nil {
 		undo()
 		return nil, fmt.Errorf("copy %s to %s: %w", r.Rel(from), r.Rel(to), err)
 	}
 	return undo, nil
+}
+
+// copyTree copies the regular files and directories of a tree of the
+// repository to a new place in it; links and other files are left out.
+func (r *Repo) copyTree(from, to string) error {
+	return r.WalkDir(from, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(from, p)
+		dst := filepath.Join(to, rel)
+		switch {
+		case d.IsDir():
+			return r.MkdirAll(dst, 0o755)
+		case d.Type().IsRegular():
+			b, err := r.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			return r.WriteFile(dst, b, 0o644)
+		}
+		return nil
+	})
 }

@@ -11,7 +11,6 @@ import (
 
 	"filippo.io/age"
 
-	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/sops"
 )
 
@@ -23,8 +22,8 @@ type keyEntry struct {
 
 // readKeyFile reads a key.json: a list of entries, or (older clan) one
 // object. Only age keys are returned; other types are reported.
-func readKeyFile(path string) ([]string, error) {
-	b, err := os.ReadFile(path)
+func (r *Repo) readKeyFile(path string) ([]string, error) {
+	b, err := r.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +51,7 @@ func readKeyFile(path string) ([]string, error) {
 	return keys, nil
 }
 
-func writeKeyFile(path string, keys []string) error {
+func (r *Repo) writeKeyFile(path string, keys []string) error {
 	var list []keyEntry
 	for _, k := range keys {
 		list = append(list, keyEntry{PublicKey: k, Type: "age"})
@@ -61,15 +60,15 @@ func writeKeyFile(path string, keys []string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := r.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	return atomicfile.Write(path, append(b, '\n'), 0o644)
+	return r.WriteFileAtomic(path, append(b, '\n'), 0o644)
 }
 
 // Users returns every user's public keys, by user name.
 func (r *Repo) Users() (map[string][]string, error) {
-	entries, err := os.ReadDir(r.Path("sops", "users"))
+	entries, err := r.ReadDir(r.Path("sops", "users"))
 	if errors.Is(err, os.ErrNotExist) {
 		return map[string][]string{}, nil
 	}
@@ -81,7 +80,7 @@ func (r *Repo) Users() (map[string][]string, error) {
 		if !e.IsDir() {
 			continue
 		}
-		keys, err := readKeyFile(r.Path("sops", "users", e.Name(), "key.json"))
+		keys, err := r.readKeyFile(r.Path("sops", "users", e.Name(), "key.json"))
 		if err != nil {
 			return nil, fmt.Errorf("user %s: %w", e.Name(), err)
 		}
@@ -114,14 +113,14 @@ func (r *Repo) AddUser(name, pubkey string) error {
 		return fmt.Errorf("invalid user name %q", name)
 	}
 	path := r.Path("sops", "users", name, "key.json")
-	keys, err := readKeyFile(path)
+	keys, err := r.readKeyFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	if slices.Contains(keys, pubkey) {
 		return nil
 	}
-	return writeKeyFile(path, append(keys, pubkey))
+	return r.writeKeyFile(path, append(keys, pubkey))
 }
 
 // RegisterUser registers pubkey as user name's, unless a user owns it
@@ -137,7 +136,7 @@ func (r *Repo) RegisterUser(name, pubkey string) (string, error) {
 // MachinePublicKey returns the machine's age public key, or "" when it has
 // none yet.
 func (r *Repo) MachinePublicKey(machine string) (string, error) {
-	keys, err := readKeyFile(r.Path("sops", "machines", machine, "key.json"))
+	keys, err := r.readKeyFile(r.Path("sops", "machines", machine, "key.json"))
 	if errors.Is(err, os.ErrNotExist) {
 		return "", nil
 	}
@@ -178,7 +177,7 @@ func (r *Repo) EnsureMachineKey(machine string) (string, error) {
 		return "", fmt.Errorf("machine %s: store private key: %w", machine, err)
 	}
 	pub := id.Recipient().String()
-	if err := writeKeyFile(r.Path("sops", "machines", machine, "key.json"), []string{pub}); err != nil {
+	if err := r.writeKeyFile(r.Path("sops", "machines", machine, "key.json"), []string{pub}); err != nil {
 		return "", fmt.Errorf("machine %s: %w", machine, err)
 	}
 	return pub, nil
@@ -208,14 +207,14 @@ func (r *Repo) ImportMachineKey(machine, privateKey string, users []string) erro
 	if err := r.WriteSecret(r.machineKeySecret(machine), content, nil, users); err != nil {
 		return fmt.Errorf("machine %s: store private key: %w", machine, err)
 	}
-	return writeKeyFile(r.Path("sops", "machines", machine, "key.json"), []string{pub})
+	return r.writeKeyFile(r.Path("sops", "machines", machine, "key.json"), []string{pub})
 }
 
 // MachineIdentity decrypts the machine's private key with the user's
 // identities.
 func (r *Repo) MachineIdentity(machine string, user *sops.Identities) (*sops.Identities, error) {
 	p := filepath.Join(r.machineKeySecret(machine), "secret")
-	b, err := os.ReadFile(p)
+	b, err := r.ReadFile(p)
 	if err != nil {
 		return nil, fmt.Errorf("machine %s: no private key (%s): %w", machine, r.Rel(p), err)
 	}
@@ -283,13 +282,13 @@ func (r *Repo) writeSecret(dir string, plaintext []byte, machines, users []strin
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := r.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	if durable {
-		err = atomicfile.Write(filepath.Join(dir, "secret"), enc, 0o644)
+		err = r.WriteFileAtomic(filepath.Join(dir, "secret"), enc, 0o644)
 	} else {
-		err = os.WriteFile(filepath.Join(dir, "secret"), enc, 0o644)
+		err = r.WriteFile(filepath.Join(dir, "secret"), enc, 0o644)
 	}
 	if err != nil {
 		return err
@@ -304,22 +303,22 @@ func (r *Repo) writeSecret(dir string, plaintext []byte, machines, users []strin
 // for each name, as clan's allow_member does, and removes the others.
 func (r *Repo) link(dir, kind string, names []string) error {
 	ldir := filepath.Join(dir, kind)
-	existing, err := os.ReadDir(ldir)
+	existing, err := r.ReadDir(ldir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	for _, e := range existing {
 		if !slices.Contains(names, e.Name()) {
-			if err := os.Remove(filepath.Join(ldir, e.Name())); err != nil {
+			if err := r.Remove(filepath.Join(ldir, e.Name())); err != nil {
 				return err
 			}
 		}
 	}
 	if len(names) == 0 {
-		os.Remove(ldir)
+		r.Remove(ldir)
 		return nil
 	}
-	if err := os.MkdirAll(ldir, 0o755); err != nil {
+	if err := r.MkdirAll(ldir, 0o755); err != nil {
 		return err
 	}
 	for _, n := range names {
@@ -328,11 +327,11 @@ func (r *Repo) link(dir, kind string, names []string) error {
 			return err
 		}
 		lp := filepath.Join(ldir, n)
-		if cur, err := os.Readlink(lp); err == nil && cur == target {
+		if cur, err := r.Readlink(lp); err == nil && cur == target {
 			continue
 		}
-		os.Remove(lp)
-		if err := os.Symlink(target, lp); err != nil {
+		r.Remove(lp)
+		if err := r.Symlink(target, lp); err != nil {
 			return err
 		}
 	}
@@ -342,8 +341,8 @@ func (r *Repo) link(dir, kind string, names []string) error {
 // LinkedNames lists the names under dir/<kind>/ (clan's recipient links).
 // Links are read by name; a copy of a clan repository that turned the
 // links into files (as some archivers do) reads the same.
-func LinkedNames(dir, kind string) []string {
-	entries, err := os.ReadDir(filepath.Join(dir, kind))
+func (r *Repo) LinkedNames(dir, kind string) []string {
+	entries, err := r.ReadDir(filepath.Join(dir, kind))
 	if err != nil {
 		return nil
 	}
@@ -358,7 +357,7 @@ func LinkedNames(dir, kind string) []string {
 // user is not a recipient, through the machine's key (which the user can
 // decrypt) — the two ways clan's own tools read a var.
 func (r *Repo) DecryptSecret(dir, machine string, user *sops.Identities) ([]byte, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "secret"))
+	b, err := r.ReadFile(filepath.Join(dir, "secret"))
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
+
+	"github.com/credvm/credvm/internal/spec"
 )
 
 // HistoryDir holds the replaced generations of vars, outside clan's
@@ -78,10 +81,10 @@ func (r *Repo) PurgeVars(machine string) ([]string, error) {
 	p := r.MachinePaths(machine)
 	var removed []string
 	for _, abs := range []string{p.Vars, p.PublicKey, p.PrivateKey} {
-		if _, err := os.Lstat(abs); errors.Is(err, os.ErrNotExist) {
+		if _, err := r.Lstat(abs); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		if err := os.RemoveAll(abs); err != nil {
+		if err := r.RemoveAll(abs); err != nil {
 			return removed, fmt.Errorf("purge %s: %w", machine, err)
 		}
 		removed = append(removed, r.Rel(abs))
@@ -93,3 +96,29 @@ func (r *Repo) PurgeVars(machine string) ([]string, error) {
 	}
 	return removed, nil
 }
+
+// CheckGeneratorDir checks that p — absolute in the repository, or
+// relative to its root — is a generator directory of the layout:
+// vars/per-machine/<machine>/<generator> or vars/shared/<generator>, each
+// name valid for its kind. Paths read from content (a journal, a backup)
+// are checked with it before anything is done there.
+func (r *Repo) CheckGeneratorDir(p string) error {
+	rel, err := r.rel(p)
+	if err != nil {
+		return err
+	}
+	parts := strings.Split(filepath.ToSlash(rel), "/")
+	switch {
+	case len(parts) == 4 && parts[0] == "vars" && parts[1] == "per-machine":
+		if err := spec.CheckMachineName(parts[2]); err != nil {
+			return fmt.Errorf("%s: %w", rel, err)
+		}
+		return spec.CheckName("generator", parts[3])
+	case len(parts) == 3 && parts[0] == "vars" && parts[1] == "shared":
+		return spec.CheckName("generator", parts[2])
+	}
+	return fmt.Errorf("%s is not a generator directory of the layout (vars/per-machine/<machine>/<generator> or vars/shared/<generator>)", rel)
+}
+
+// Fsync fsyncs a file or directory of the repository.
+func (r *Repo) Fsync(p string) error { return r.SyncDir(p) }

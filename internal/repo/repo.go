@@ -33,6 +33,8 @@ type Repo struct {
 	Root      string
 	Inventory *spec.Inventory
 	Settings  *spec.Settings // credvm.toml
+
+	fs rootFS // every file access goes through it (fs.go)
 }
 
 // ErrNotFound is returned by Find when no repository encloses the directory.
@@ -79,15 +81,31 @@ func Open(root string) (*Repo, error) {
 	if !isDir(abs) {
 		return nil, fmt.Errorf("repository %s: not a directory", root)
 	}
-	settings, err := spec.LoadSettings(filepath.Join(abs, "credvm.toml"))
+	r := &Repo{Root: abs}
+	settings, err := r.readOptional("credvm.toml")
+	if err == nil {
+		r.Settings, err = spec.ParseSettings(r.Path("credvm.toml"), settings)
+	}
 	if err != nil {
 		return nil, err
 	}
-	inv, err := spec.LoadInventory(filepath.Join(abs, "inventory.toml"))
+	inv, err := r.readOptional("inventory.toml")
+	if err == nil {
+		r.Inventory, err = spec.ParseInventory(r.Path("inventory.toml"), inv)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return &Repo{Root: abs, Inventory: inv, Settings: settings}, nil
+	return r, nil
+}
+
+// readOptional reads a file of the root that may be missing (nil, then).
+func (r *Repo) readOptional(name string) ([]byte, error) {
+	b, err := r.ReadFile(r.Path(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
 }
 
 // Path joins elements onto the root.
@@ -105,7 +123,7 @@ func (r *Repo) Rel(p string) string {
 
 // MachineNames lists the machines: every machines/<m>/ with a machine file.
 func (r *Repo) MachineNames() ([]string, error) {
-	entries, err := os.ReadDir(r.Path("machines"))
+	entries, err := r.ReadDir(r.Path("machines"))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -118,7 +136,7 @@ func (r *Repo) MachineNames() ([]string, error) {
 			continue
 		}
 		for _, f := range spec.MachineFiles {
-			if _, err := os.Stat(r.Path("machines", e.Name(), f)); err == nil {
+			if r.Exists(r.Path("machines", e.Name(), f)) {
 				names = append(names, e.Name())
 				break
 			}
@@ -133,7 +151,7 @@ func (r *Repo) Machine(name string) (*spec.Machine, error) {
 		return nil, err
 	}
 	dir := r.Path("machines", name)
-	if !isDir(dir) {
+	if !r.IsDir(dir) {
 		known, _ := r.MachineNames()
 		hint := "none yet"
 		if len(known) > 0 {
@@ -141,7 +159,7 @@ func (r *Repo) Machine(name string) (*spec.Machine, error) {
 		}
 		return nil, fmt.Errorf("machine %s: not found: no %s (machines in this repository: %s)", name, r.Rel(filepath.Join(dir, "machine.toml")), hint)
 	}
-	m, err := spec.LoadMachine(dir)
+	m, err := r.loadMachine(name, dir)
 	var ps spec.Problems
 	if errors.As(err, &ps) {
 		for _, p := range ps {
@@ -153,6 +171,29 @@ func (r *Repo) Machine(name string) (*spec.Machine, error) {
 	}
 	m.File = r.Rel(m.File)
 	return m, nil
+}
+
+// loadMachine reads machines/<name>/machine.toml or .json (one of them)
+// through the root, and parses it.
+func (r *Repo) loadMachine(name, dir string) (*spec.Machine, error) {
+	var path string
+	var data []byte
+	for _, f := range spec.MachineFiles {
+		p := filepath.Join(dir, f)
+		b, err := r.ReadFile(p)
+		switch {
+		case err == nil && path != "":
+			return nil, fmt.Errorf("machine %s: both %s and %s exist; keep one", name, filepath.Base(path), f)
+		case err == nil:
+			path, data = p, b
+		case !errors.Is(err, os.ErrNotExist):
+			return nil, fmt.Errorf("machine %s: %w", name, err)
+		}
+	}
+	if path == "" {
+		return nil, fmt.Errorf("machine %s: no machine.toml or machine.json in %s", name, dir)
+	}
+	return spec.ParseMachine(path, name, data)
 }
 
 // Select resolves machine names and tags into a sorted list of machines.

@@ -11,10 +11,12 @@ import (
 	"filippo.io/age"
 
 	_ "github.com/credvm/credvm/internal/hypervisor/drivers" // machine files name a hypervisor
+	"github.com/credvm/credvm/internal/testenv"
 )
 
 func newRepo(t *testing.T, files map[string]string) *Repo {
 	t.Helper()
+	testenv.PrivateState(t)
 	dir := t.TempDir()
 	for p, content := range files {
 		os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o755)

@@ -32,7 +32,16 @@ func LoadInventory(path string) (*Inventory, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ParseInventory(path, data)
+}
+
+// ParseInventory parses an inventory file's content (nil: none, an empty
+// inventory); path names it in messages.
+func ParseInventory(path string, data []byte) (*Inventory, error) {
 	inv := &Inventory{}
+	if data == nil {
+		return inv, nil
+	}
 	doc, err := decodeFile(path, data, inv)
 	if err != nil {
 		return nil, err
@@ -96,7 +105,16 @@ func LoadSettings(path string) (*Settings, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ParseSettings(path, data)
+}
+
+// ParseSettings parses credvm.toml's content (nil: none); path names it
+// in messages.
+func ParseSettings(path string, data []byte) (*Settings, error) {
 	s := &Settings{}
+	if data == nil {
+		return s, nil
+	}
 	doc, err := decodeFile(path, data, s)
 	if err != nil {
 		return nil, err

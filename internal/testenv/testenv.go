@@ -147,3 +147,11 @@ func (s *SyncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *SyncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// PrivateState points $XDG_STATE_HOME at a directory of the test's, where
+// credvm keeps the lock and journal of repositories outside git — so tests
+// leave nothing in the user's state directory.
+func PrivateState(t testing.TB) {
+	t.Helper()
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+}

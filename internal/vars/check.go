@@ -1,8 +1,6 @@
 package vars
 
 import (
-	"os"
-
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -45,7 +43,7 @@ func (e *Engine) GetVar(machine, ref string) ([]byte, error) {
 		return nil, err
 	}
 	var m *spec.Machine
-	if _, err := os.Stat(e.Repo.MachinePaths(machine).Dir); err == nil {
+	if e.Repo.Exists(e.Repo.MachinePaths(machine).Dir) {
 		if m, err = e.Repo.Machine(machine); err != nil {
 			return nil, err
 		}

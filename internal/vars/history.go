@@ -36,19 +36,19 @@ func historyPath(r *repo.Repo, target, txnID string) string {
 }
 
 // keepHistory moves an exchanged-out old generator directory to history.
-func keepHistory(e txnEntry) error {
+func keepHistory(r *repo.Repo, e txnEntry) error {
 	if e.History == "" {
 		return nil
 	}
 	for _, old := range []string{e.Staging, e.Old} {
-		fi, err := os.Stat(old)
-		if err != nil || !fi.IsDir() || hasMarker(old) {
+		fi, err := r.Lstat(old)
+		if err != nil || !fi.IsDir() || hasMarker(r, old) {
 			continue // nothing there, or the new content not yet exchanged
 		}
-		if err := os.MkdirAll(filepath.Dir(e.History), 0o755); err != nil {
+		if err := r.MkdirAll(filepath.Dir(e.History), 0o755); err != nil {
 			return err
 		}
-		if err := os.Rename(old, e.History); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := r.Rename(old, e.History); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("keep history: %w", err)
 		}
 		return nil
@@ -75,7 +75,7 @@ func (e *Engine) History(m *spec.Machine) ([]HistoryEntry, error) {
 	for _, g := range m.SortedGenerators() {
 		rel, _ := filepath.Rel(e.Repo.Path("vars"), e.GeneratorDir(m.Name, g))
 		dir := e.Repo.Path(HistoryDir, rel)
-		entries, err := os.ReadDir(dir)
+		entries, err := e.Repo.ReadDir(dir)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -90,10 +90,10 @@ func (e *Engine) History(m *spec.Machine) ([]HistoryEntry, error) {
 				continue
 			}
 			h := HistoryEntry{Generator: g.Name, ID: ent.Name(), Replaced: t, Expires: t.Add(retention), path: filepath.Join(dir, ent.Name())}
-			if meta, _ := readMeta(h.path); meta != nil {
+			if meta, _ := readMeta(e.Repo, h.path); meta != nil {
 				h.Generation = meta.Generation
 			}
-			files, _ := os.ReadDir(h.path)
+			files, _ := e.Repo.ReadDir(h.path)
 			for _, f := range files {
 				if f.IsDir() {
 					h.Files = append(h.Files, f.Name())
@@ -124,7 +124,7 @@ func (e *Engine) PruneHistory() (int, error) {
 	root := e.Repo.Path(HistoryDir)
 	cutoff := time.Now().Add(-e.retention())
 	n := 0
-	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+	err := e.Repo.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				return nil
@@ -140,7 +140,7 @@ func (e *Engine) PruneHistory() (int, error) {
 			return nil
 		}
 		if t.Before(cutoff) {
-			if err := os.RemoveAll(p); err != nil {
+			if err := e.Repo.RemoveAll(p); err != nil {
 				return err
 			}
 			n++
@@ -208,14 +208,14 @@ func (e *Engine) rollback(m *spec.Machine, g *spec.Generator, opts RollbackOptio
 	if err != nil {
 		return nil, err
 	}
-	if err := copyTree(pick.path, staging, func(string) bool { return false }); err != nil {
+	if err := copyTree(e.Repo, pick.path, staging, func(string) bool { return false }); err != nil {
 		t.abort()
 		return nil, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
 	}
 	if err := t.commit(); err != nil {
 		return nil, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
 	}
-	os.RemoveAll(pick.path)
+	e.Repo.RemoveAll(pick.path)
 	res := &RollbackResult{Machine: m.Name, Generator: g.Name, Restored: *pick, Dependents: []string{}}
 	for _, other := range m.SortedGenerators() {
 		if slices.Contains(other.Dependencies, g.Name) {

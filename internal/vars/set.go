@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -56,14 +56,14 @@ func (e *Engine) set(m *spec.Machine, g *spec.Generator, f *spec.File, value []b
 		return fmt.Errorf("vars %s/%s/%s: %w", m.Name, g.Name, f.Name, err)
 	}
 	// Copy the generator's directory but for this file and our metadata.
-	if err := copyTree(target, staging, func(rel string) bool {
+	if err := copyTree(e.Repo, target, staging, func(rel string) bool {
 		return rel == f.Name || rel == MetaFile || rel == markerFile
 	}); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fail(err)
 	}
 	r := &runner{e: e, users: users}
 	one := &spec.Generator{Name: g.Name, Files: map[string]*spec.File{f.Name: f}}
-	meta, _ := readMeta(target)
+	meta, _ := readMeta(e.Repo, target)
 	if meta == nil {
 		meta = &Meta{Definition: g.DefinitionHash()}
 	}
@@ -82,8 +82,8 @@ func (e *Engine) set(m *spec.Machine, g *spec.Generator, f *spec.File, value []b
 
 // copyTree copies dir src into the existing dir dst: files with their
 // modes, symlinks as symlinks. skip is asked about each top-level name.
-func copyTree(src, dst string, skip func(rel string) bool) error {
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+func copyTree(r *repo.Repo, src, dst string, skip func(rel string) bool) error {
+	return r.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -101,15 +101,15 @@ func copyTree(src, dst string, skip func(rel string) bool) error {
 		out := filepath.Join(dst, rel)
 		switch {
 		case d.Type()&fs.ModeSymlink != 0:
-			t, err := os.Readlink(p)
+			t, err := r.Readlink(p)
 			if err != nil {
 				return err
 			}
-			return os.Symlink(t, out)
+			return r.Symlink(t, out)
 		case d.IsDir():
-			return os.MkdirAll(out, 0o755)
+			return r.MkdirAll(out, 0o755)
 		default:
-			b, err := os.ReadFile(p)
+			b, err := r.ReadFile(p)
 			if err != nil {
 				return err
 			}
@@ -117,7 +117,7 @@ func copyTree(src, dst string, skip func(rel string) bool) error {
 			if err != nil {
 				return err
 			}
-			return os.WriteFile(out, b, fi.Mode().Perm())
+			return r.WriteFile(out, b, fi.Mode().Perm())
 		}
 	})
 }

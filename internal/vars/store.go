@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 
-	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -131,7 +129,7 @@ func (r *runner) runTxn(ctx context.Context, label string, gens []*spec.Generato
 		for _, d := range g.Dependencies {
 			if gen, ok := generations[d]; ok {
 				meta.Inputs[d] = gen
-			} else if dm, _ := readMeta(e.GeneratorDir(machine, depOf(m, g, d))); dm != nil {
+			} else if dm, _ := readMeta(e.Repo, e.GeneratorDir(machine, depOf(m, g, d))); dm != nil {
 				meta.Inputs[d] = dm.Generation
 			}
 		}
@@ -185,10 +183,10 @@ func (r *runner) writeGenerator(dir string, g *spec.Generator, files map[string]
 		content := files[f.Name]
 		// dir is a staging directory: its transaction syncs it whole.
 		if !f.IsSecret() {
-			if err := os.MkdirAll(fdir, 0o755); err != nil {
+			if err := e.Repo.MkdirAll(fdir, 0o755); err != nil {
 				return err
 			}
-			if err := os.WriteFile(filepath.Join(fdir, "value"), content, 0o644); err != nil {
+			if err := e.Repo.WriteFile(filepath.Join(fdir, "value"), content, 0o644); err != nil {
 				return err
 			}
 			continue
@@ -207,12 +205,12 @@ func (r *runner) writeGenerator(dir string, g *spec.Generator, files map[string]
 		}
 	}
 	if h := g.ValidationHash(); h != "" {
-		if err := os.WriteFile(filepath.Join(dir, ValidationFile), []byte(h), 0o644); err != nil {
+		if err := e.Repo.WriteFile(filepath.Join(dir, ValidationFile), []byte(h), 0o644); err != nil {
 			return err
 		}
 	}
 	b, _ := json.MarshalIndent(meta, "", "  ")
-	return os.WriteFile(filepath.Join(dir, MetaFile), append(b, '\n'), 0o644)
+	return e.Repo.WriteFile(filepath.Join(dir, MetaFile), append(b, '\n'), 0o644)
 }
 
 // fixSharedRecipients re-encrypts the secrets of shared generators whose
@@ -231,10 +229,10 @@ func (r *runner) fixSharedRecipients(shared *spec.Machine, machinesOf map[string
 			if !f.IsSecret() || !f.IsDeployed() {
 				continue
 			}
-			if _, err := os.Stat(filepath.Join(dir, f.Name, "secret")); err != nil {
+			if !e.Repo.Exists(filepath.Join(dir, f.Name, "secret")) {
 				continue
 			}
-			if !slices.Equal(repo.LinkedNames(filepath.Join(dir, f.Name), "machines"), want) {
+			if !slices.Equal(e.Repo.LinkedNames(filepath.Join(dir, f.Name), "machines"), want) {
 				needs = true
 			}
 		}
@@ -250,7 +248,7 @@ func (r *runner) fixSharedRecipients(shared *spec.Machine, machinesOf map[string
 			}
 			files[f.Name] = v
 		}
-		meta, _ := readMeta(dir)
+		meta, _ := readMeta(e.Repo, dir)
 		if meta == nil {
 			meta = &Meta{Definition: g.DefinitionHash(), Generation: randomID()}
 		}

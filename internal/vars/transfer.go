@@ -16,7 +16,6 @@ import (
 	"filippo.io/age/agessh"
 	"filippo.io/age/armor"
 
-	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
 )
@@ -72,7 +71,7 @@ func (e *Engine) Export(m *spec.Machine, withMachineKey bool) (*Bundle, error) {
 			return nil, fmt.Errorf("vars %s/%s: %s: run `credvm vars generate %s` before exporting", m.Name, g.Name, g.Reason, m.Name)
 		}
 	}
-	spec, err := os.ReadFile(e.Repo.Path(m.File))
+	spec, err := e.Repo.ReadFile(e.Repo.Path(m.File))
 	if err != nil {
 		return nil, err
 	}
@@ -80,10 +79,10 @@ func (e *Engine) Export(m *spec.Machine, withMachineKey bool) (*Bundle, error) {
 	for _, g := range m.GeneratorOrder() {
 		dir := e.GeneratorDir(m.Name, g)
 		bg := BundleGenerator{Name: g.Name, Share: g.Share}
-		if h, err := os.ReadFile(filepath.Join(dir, ValidationFile)); err == nil {
+		if h, err := e.Repo.ReadFile(filepath.Join(dir, ValidationFile)); err == nil {
 			bg.ValidationHash = string(trimNL(h))
 		}
-		bg.Meta, _ = readMeta(dir)
+		bg.Meta, _ = readMeta(e.Repo, dir)
 		for _, f := range g.SortedFiles() {
 			v, err := e.Get(m.Name, m, g.Name, f.Name)
 			if err != nil {
@@ -309,10 +308,10 @@ func (e *Engine) importLocked(b *Bundle, opts ImportOptions) (*ImportResult, err
 	res := &ImportResult{Machine: m.Name, WroteMachineFile: specPath != ""}
 	mdir := e.Repo.MachinePaths(b.Machine).Dir
 	if specPath != "" {
-		if err := os.MkdirAll(mdir, 0o755); err != nil {
+		if err := e.Repo.MkdirAll(mdir, 0o755); err != nil {
 			return nil, err
 		}
-		if err := atomicfile.Write(specPath, []byte(b.MachineSpec), 0o644); err != nil {
+		if err := e.Repo.WriteFileAtomic(specPath, []byte(b.MachineSpec), 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -335,7 +334,7 @@ func (e *Engine) importLocked(b *Bundle, opts ImportOptions) (*ImportResult, err
 // the bundle's own machine file (specPath says where to write it).
 func (e *Engine) bundleMachine(b *Bundle) (m *spec.Machine, specPath string, err error) {
 	mdir := e.Repo.MachinePaths(b.Machine).Dir
-	if _, err := os.Stat(mdir); err == nil {
+	if e.Repo.Exists(mdir) {
 		m, err := e.Repo.Machine(b.Machine)
 		return m, "", err
 	}
@@ -408,7 +407,7 @@ func (e *Engine) stageBundle(b *Bundle, m *spec.Machine, users []string) (int, e
 			return 0, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
 		}
 		if bg.ValidationHash != "" {
-			atomicfile.Write(filepath.Join(staging, ValidationFile), []byte(bg.ValidationHash), 0o644)
+			e.Repo.WriteFile(filepath.Join(staging, ValidationFile), []byte(bg.ValidationHash), 0o644)
 		}
 		// Prove it: every staged secret decrypts to the bundle's value.
 		for _, f := range bg.Files {

@@ -23,32 +23,57 @@ import (
 //  1. each new generator directory is written complete into a staging
 //     directory next to its target (".<gen>.credvm-new-<id>", same
 //     filesystem), holding a marker file;
-//  2. a journal listing (staging, target) pairs is written and synced:
-//     from here on the transaction rolls forward;
+//  2. a journal naming the targets is written and synced: from here on
+//     the transaction rolls forward;
 //  3. each staging directory is exchanged with its target in one
 //     renameat2(RENAME_EXCHANGE) (a plain rename for a new target), after
 //     which the staging path holds the old content;
-//  4. markers and old contents are removed, then the journal.
+//  4. markers and old contents are removed (the old kept in history), then
+//     the journal.
 //
 // A crash before 2 leaves staging directories with markers and no journal:
 // recovery deletes them (roll back). A crash after 2 leaves the journal:
 // recovery finishes the exchanges (a staging path still holding the marker
 // has not been exchanged yet) and the cleanup (roll forward). Either way the
 // vars are all old or all new, and the next command starts by recovering.
+//
+// The journal is an instruction to move and delete directories, so it is
+// never repository content: it lives in the repository's LocalDir, outside
+// the work tree (.git/credvm, or the user's state directory), and names only
+// generator directories of the layout, relative to the root; staging and
+// old paths are derived from them and the transaction id, not read. A
+// journal that names anything else, or was not written by this user on
+// this host for this repository, is refused and never replayed. Every move
+// goes through the repository's confined filesystem (repo/fs.go).
 
 const (
-	stagingInfix = ".credvm-new-"
-	oldInfix     = ".credvm-old-"
-	markerFile   = ".credvm-staged"
+	stagingInfix  = ".credvm-new-"
+	oldInfix      = ".credvm-old-"
+	markerFile    = ".credvm-staged"
+	journalFormat = "credvm-journal/2"
 )
 
-type txnEntry struct {
-	Target  string `json:"target"`
-	Staging string `json:"staging"`
-	Old     string `json:"old"` // used only where RENAME_EXCHANGE is not supported
-	// History is where the replaced content is kept (for rollback); ""
-	// discards it.
+// journal is what is written at step 2.
+type journal struct {
+	Format  string         `json:"format"`
+	Repo    string         `json:"repository"`
+	UID     int            `json:"uid"`
+	Host    string         `json:"host"`
+	Txn     string         `json:"txn"`
+	Entries []journalEntry `json:"entries"`
+}
+
+type journalEntry struct {
+	// Target is the generator directory, relative to the root.
+	Target string `json:"target"`
+	// History is where the replaced content is kept (for rollback),
+	// relative to the root; "" discards it.
 	History string `json:"history,omitempty"`
+}
+
+// txnEntry is one replaced directory, with every path absolute.
+type txnEntry struct {
+	Target, Staging, Old, History string
 }
 
 type txn struct {
@@ -63,44 +88,45 @@ func newTxn(r *repo.Repo) *txn {
 	return &txn{id: hex.EncodeToString(b), repo: r}
 }
 
+// entryFor derives a target's staging, old and history paths.
+func entryFor(r *repo.Repo, target, id, history string) txnEntry {
+	parent, base := filepath.Split(target)
+	return txnEntry{
+		Target:  target,
+		Staging: filepath.Join(parent, "."+base+stagingInfix+id),
+		Old:     filepath.Join(parent, "."+base+oldInfix+id),
+		History: history,
+	}
+}
+
 // stage returns a new, empty staging directory for target, with its
 // marker. The content it replaces is kept in history (see history.go).
 func (t *txn) stage(target string) (string, error) {
-	parent, base := filepath.Split(target)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
+	r := t.repo
+	if err := r.CheckGeneratorDir(target); err != nil {
 		return "", err
 	}
-	staging := filepath.Join(parent, "."+base+stagingInfix+t.id)
-	if err := os.Mkdir(staging, 0o755); err != nil {
+	e := entryFor(r, target, t.id, historyPath(r, target, t.id))
+	if err := r.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(staging, markerFile), []byte(t.id+"\n"), 0o644); err != nil {
-		os.RemoveAll(staging)
+	if err := r.Mkdir(e.Staging, 0o755); err != nil {
 		return "", err
 	}
-	t.entries = append(t.entries, txnEntry{
-		Target:  target,
-		Staging: staging,
-		Old:     filepath.Join(parent, "."+base+oldInfix+t.id),
-		History: historyPath(t.repo, target, t.id),
-	})
-	return staging, nil
+	if err := r.WriteFile(filepath.Join(e.Staging, markerFile), []byte(t.id+"\n"), 0o644); err != nil {
+		r.RemoveAll(e.Staging)
+		return "", err
+	}
+	t.entries = append(t.entries, e)
+	return e.Staging, nil
 }
 
 // abort removes every staging directory; the targets were never touched.
 func (t *txn) abort() {
 	for _, e := range t.entries {
-		os.RemoveAll(e.Staging)
+		t.repo.RemoveAll(e.Staging)
 	}
 	t.entries = nil
-}
-
-func (t *txn) journalPath() (string, error) {
-	d, err := t.repo.LocalDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, "journal-"+t.id+".json"), nil
 }
 
 // commit makes every staged directory current.
@@ -108,17 +134,26 @@ func (t *txn) commit() error {
 	if len(t.entries) == 0 {
 		return nil
 	}
-	if err := syncStaged(t.entries); err != nil {
+	if err := syncStaged(t.repo, t.entries); err != nil {
 		t.abort()
 		return fmt.Errorf("sync staged vars: %w", err)
 	}
 	faultinject.Point("vars.staged")
-	jp, err := t.journalPath()
+	d, err := t.repo.LocalDir()
 	if err != nil {
 		t.abort()
 		return err
 	}
-	b, _ := json.MarshalIndent(t.entries, "", "  ")
+	j := journal{Format: journalFormat, Repo: t.repo.Root, UID: os.Geteuid(), Host: hostname(), Txn: t.id}
+	for _, e := range t.entries {
+		je := journalEntry{Target: t.repo.Rel(e.Target)}
+		if e.History != "" {
+			je.History = t.repo.Rel(e.History)
+		}
+		j.Entries = append(j.Entries, je)
+	}
+	b, _ := json.MarshalIndent(j, "", "  ")
+	jp := filepath.Join(d, "journal-"+t.id+".json")
 	if err := atomicfile.Write(jp, b, 0o600); err != nil {
 		t.abort()
 		return fmt.Errorf("write journal: %w", err)
@@ -127,10 +162,15 @@ func (t *txn) commit() error {
 	return rollForward(t.repo, jp, t.entries)
 }
 
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
 // rollForward completes a journaled transaction; it is idempotent.
-func rollForward(r *repo.Repo, journal string, entries []txnEntry) error {
+func rollForward(r *repo.Repo, journalPath string, entries []txnEntry) error {
 	for i, e := range entries {
-		if err := exchange(e); err != nil {
+		if err := exchange(r, e); err != nil {
 			return fmt.Errorf("commit %s: %w (run the command again to finish it)", r.Rel(e.Target), err)
 		}
 		if i == 0 {
@@ -140,108 +180,118 @@ func rollForward(r *repo.Repo, journal string, entries []txnEntry) error {
 	faultinject.Point("vars.swapped-all")
 	var dirs []string
 	for _, e := range entries {
-		os.Remove(filepath.Join(e.Target, markerFile))
-		if err := keepHistory(e); err != nil {
+		r.Remove(filepath.Join(e.Target, markerFile))
+		if err := keepHistory(r, e); err != nil {
 			return err
 		}
-		if err := os.RemoveAll(e.Staging); err != nil {
+		if err := r.RemoveAll(e.Staging); err != nil {
 			return err
 		}
-		if err := os.RemoveAll(e.Old); err != nil {
+		if err := r.RemoveAll(e.Old); err != nil {
 			return err
 		}
 		dirs = append(dirs, filepath.Dir(e.Target))
 	}
 	for _, d := range dirs {
-		atomicfile.SyncDir(d)
+		r.SyncDir(d)
 	}
-	return os.Remove(journal)
+	return os.Remove(journalPath)
 }
 
 // exchange puts the staged directory in place of the target, if that has
 // not happened yet.
-func exchange(e txnEntry) error {
-	if !hasMarker(e.Staging) {
+func exchange(r *repo.Repo, e txnEntry) error {
+	if !hasMarker(r, e.Staging) {
 		// Already exchanged: the staging path holds the old content, or
 		// nothing if the target was new. Finish a fallback move if needed.
-		if _, err := os.Stat(e.Target); errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("neither the new nor the old content of %s is where it should be", e.Target)
+		if !r.Exists(e.Target) {
+			return fmt.Errorf("neither the new nor the old content of %s is where it should be", r.Rel(e.Target))
 		}
 		return nil
 	}
-	_, err := os.Lstat(e.Target)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return unix.Renameat2(unix.AT_FDCWD, e.Staging, unix.AT_FDCWD, e.Target, unix.RENAME_NOREPLACE)
-	case err != nil:
-		return err
+	if !r.Exists(e.Target) {
+		return r.Exchange(e.Staging, e.Target, true)
 	}
-	err = unix.Renameat2(unix.AT_FDCWD, e.Staging, unix.AT_FDCWD, e.Target, unix.RENAME_EXCHANGE)
+	err := r.Exchange(e.Staging, e.Target, false)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) {
 		// Filesystems without RENAME_EXCHANGE: move the old content aside,
 		// then the new in. A crash in between leaves no target, which the
 		// next roll-forward mends by moving the staged content in.
-		if err := os.Rename(e.Target, e.Old); err != nil {
+		if err := r.Rename(e.Target, e.Old); err != nil {
 			return err
 		}
-		return os.Rename(e.Staging, e.Target)
+		return r.Rename(e.Staging, e.Target)
 	}
 	return err
 }
 
-func hasMarker(dir string) bool {
-	_, err := os.Stat(filepath.Join(dir, markerFile))
-	return err == nil
+func hasMarker(r *repo.Repo, dir string) bool {
+	return r.Exists(filepath.Join(dir, markerFile))
 }
 
 // syncStaged makes every staged directory durable before the journal is
 // written: one syncfs(2) of the filesystem holding them (the staging
 // directories sit next to their targets, in the repository), or, where
 // that fails, an fsync of every file and directory.
-func syncStaged(entries []txnEntry) error {
-	f, err := os.Open(entries[0].Staging)
-	if err == nil {
-		err = unix.Syncfs(int(f.Fd()))
-		f.Close()
-		if err == nil {
-			return nil
-		}
+func syncStaged(r *repo.Repo, entries []txnEntry) error {
+	if err := r.Syncfs(entries[0].Staging); err == nil {
+		return nil
 	}
 	for _, e := range entries {
-		if err := syncTree(e.Staging); err != nil {
+		err := r.WalkDir(e.Staging, func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.Type()&os.ModeSymlink != 0 {
+				return err
+			}
+			return r.Fsync(p)
+		})
+		if err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// syncTree fsyncs every file and directory under dir, so the journal is
-// never written before the content it points at is durable.
-func syncTree(dir string) error {
-	return filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
+// journals lists the journal files in the repository's LocalDir.
+func journals(r *repo.Repo) ([]string, error) {
+	d, err := r.LocalDir()
+	if err != nil {
+		return nil, err
+	}
+	return filepath.Glob(filepath.Join(d, "journal-*.json"))
+}
+
+// leftovers lists staging and old directories of the vars tree — found
+// through the repository's confined filesystem, never by following a link.
+func leftovers(r *repo.Repo) []string {
+	var out []string
+	scan := func(dir string) {
+		entries, _ := r.ReadDir(dir)
+		for _, e := range entries {
+			if n := e.Name(); strings.HasPrefix(n, ".") && (strings.Contains(n, stagingInfix) || strings.Contains(n, oldInfix)) {
+				out = append(out, filepath.Join(dir, n))
+			}
 		}
-		if d.Type()&os.ModeSymlink != 0 {
-			return nil
+	}
+	machines, _ := r.ReadDir(r.Path("vars", "per-machine"))
+	for _, m := range machines {
+		if m.IsDir() {
+			scan(r.Path("vars", "per-machine", m.Name()))
 		}
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		return f.Sync()
-	})
+	}
+	scan(r.Path("vars", "shared"))
+	return out
 }
 
 // RecoverIfNeeded runs Recover under the repository lock when a crashed
 // credvm left a journal or staging directories behind, so that readers
-// too see the finished transaction. Without leftovers it costs two globs.
+// too see the finished transaction. Without leftovers it costs a glob and
+// a directory read per machine.
 func RecoverIfNeeded(r *repo.Repo) error {
-	j, _ := filepath.Glob(r.Path(".credvm", "journal-*.json"))
-	s1, _ := filepath.Glob(r.Path("vars", "per-machine", "*", ".*"+stagingInfix+"*"))
-	s2, _ := filepath.Glob(r.Path("vars", "shared", ".*"+stagingInfix+"*"))
-	if len(j)+len(s1)+len(s2) == 0 {
+	j, err := journals(r)
+	if err != nil {
+		return err
+	}
+	if len(j) == 0 && len(leftovers(r)) == 0 {
 		return nil
 	}
 	l, err := r.Lock(nil)
@@ -255,19 +305,14 @@ func RecoverIfNeeded(r *repo.Repo) error {
 // Recover finishes or undoes transactions a crashed credvm left behind. It
 // must run under the repository lock, before anything reads the vars.
 func Recover(r *repo.Repo) error {
-	d, err := r.LocalDir()
+	js, err := journals(r)
 	if err != nil {
 		return err
 	}
-	journals, _ := filepath.Glob(filepath.Join(d, "journal-*.json"))
-	for _, jp := range journals {
-		b, err := os.ReadFile(jp)
+	for _, jp := range js {
+		entries, err := readJournal(r, jp)
 		if err != nil {
 			return err
-		}
-		var entries []txnEntry
-		if err := json.Unmarshal(b, &entries); err != nil {
-			return fmt.Errorf("journal %s is corrupt: %w (it was written atomically; inspect it and remove it by hand)", jp, err)
 		}
 		if err := rollForward(r, jp, entries); err != nil {
 			return fmt.Errorf("finish an interrupted vars commit: %w", err)
@@ -275,26 +320,70 @@ func Recover(r *repo.Repo) error {
 	}
 	// Staging directories without a journal belong to runs that crashed
 	// before committing: roll them back.
-	for _, pattern := range []string{
-		r.Path("vars", "per-machine", "*", ".*"+stagingInfix+"*"),
-		r.Path("vars", "shared", ".*"+stagingInfix+"*"),
-		r.Path("vars", "per-machine", "*", ".*"+oldInfix+"*"),
-		r.Path("vars", "shared", ".*"+oldInfix+"*"),
-	} {
-		stale, _ := filepath.Glob(pattern)
-		for _, s := range stale {
-			if strings.Contains(filepath.Base(s), oldInfix) {
-				// An old directory without a journal means its
-				// transaction finished but for this removal.
-				target := filepath.Join(filepath.Dir(s), strings.TrimPrefix(strings.SplitN(filepath.Base(s), oldInfix, 2)[0], "."))
-				if _, err := os.Stat(target); err != nil {
-					continue // never delete the only copy
-				}
+	for _, s := range leftovers(r) {
+		name := filepath.Base(s)
+		if before, _, ok := strings.Cut(name, oldInfix); ok {
+			// An old directory without a journal means its transaction
+			// finished but for this removal; never delete the only copy.
+			if !r.Exists(filepath.Join(filepath.Dir(s), strings.TrimPrefix(before, "."))) {
+				continue
 			}
-			if err := os.RemoveAll(s); err != nil {
-				return err
-			}
+		}
+		if err := r.RemoveAll(s); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// readJournal reads and checks a journal: it must be one this user wrote
+// on this host for this repository, naming generator directories of the
+// layout and their history only.
+func readJournal(r *repo.Repo, jp string) ([]txnEntry, error) {
+	refuse := func(why string) error {
+		return fmt.Errorf("journal %s does not match a transaction credvm started here (%s); it was not replayed: inspect it, and remove it if it is not yours", jp, why)
+	}
+	b, err := os.ReadFile(jp)
+	if err != nil {
+		return nil, err
+	}
+	var j journal
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, refuse("unreadable: " + err.Error())
+	}
+	switch {
+	case j.Format != journalFormat:
+		return nil, refuse(fmt.Sprintf("format %q", j.Format))
+	case j.Repo != r.Root:
+		return nil, refuse("written for " + j.Repo)
+	case j.UID != os.Geteuid():
+		return nil, refuse(fmt.Sprintf("written by uid %d", j.UID))
+	case j.Host != hostname():
+		return nil, refuse("written on host " + j.Host)
+	case "journal-"+j.Txn+".json" != filepath.Base(jp) || !isHex(j.Txn):
+		return nil, refuse("its transaction id does not match its name")
+	}
+	var out []txnEntry
+	for _, je := range j.Entries {
+		target := r.Path(filepath.FromSlash(je.Target))
+		if err := r.CheckGeneratorDir(target); err != nil {
+			return nil, refuse(err.Error())
+		}
+		e := entryFor(r, target, j.Txn, "")
+		if je.History != "" {
+			want := historyPath(r, target, j.Txn)
+			h := r.Path(filepath.FromSlash(je.History))
+			if filepath.Dir(h) != filepath.Dir(want) || !strings.HasSuffix(h, "-"+j.Txn) {
+				return nil, refuse(je.History + " is not the history of " + je.Target)
+			}
+			e.History = h
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func isHex(s string) bool {
+	_, err := hex.DecodeString(s)
+	return err == nil && s != ""
 }

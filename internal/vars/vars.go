@@ -109,8 +109,8 @@ type GeneratorStatus struct {
 	meta   *Meta
 }
 
-func readMeta(dir string) (*Meta, error) {
-	b, err := os.ReadFile(filepath.Join(dir, MetaFile))
+func readMeta(r *repo.Repo, dir string) (*Meta, error) {
+	b, err := r.ReadFile(filepath.Join(dir, MetaFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -142,7 +142,7 @@ func (e *Engine) Status(m *spec.Machine) ([]GeneratorStatus, error) {
 func (e *Engine) generatorStatus(m *spec.Machine, g *spec.Generator, deps map[string]*GeneratorStatus) (GeneratorStatus, error) {
 	dir := e.GeneratorDir(m.Name, g)
 	gs := GeneratorStatus{Name: g.Name, Status: StatusOK}
-	meta, err := readMeta(dir)
+	meta, err := readMeta(e.Repo, dir)
 	if err != nil {
 		return gs, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
 	}
@@ -156,8 +156,8 @@ func (e *Engine) generatorStatus(m *spec.Machine, g *spec.Generator, deps map[st
 			want, other = other, want
 		}
 		fs.Path = e.Repo.Rel(filepath.Join(fdir, want))
-		if _, err := os.Stat(filepath.Join(fdir, want)); err != nil {
-			if _, err2 := os.Stat(filepath.Join(fdir, other)); err2 == nil {
+		if !e.Repo.Exists(filepath.Join(fdir, want)) {
+			if e.Repo.Exists(filepath.Join(fdir, other)) {
 				fs.Status, fs.Reason = StatusOutdated, "stored as "+other+" but declared "+map[bool]string{true: "secret", false: "public"}[f.IsSecret()]
 			} else {
 				fs.Status = StatusMissing
@@ -183,7 +183,7 @@ func (e *Engine) generatorStatus(m *spec.Machine, g *spec.Generator, deps map[st
 		return gs, nil
 	}
 	if want := g.ValidationHash(); want != "" {
-		got, err := os.ReadFile(filepath.Join(dir, ValidationFile))
+		got, err := e.Repo.ReadFile(filepath.Join(dir, ValidationFile))
 		if err != nil || string(trimNL(got)) != want {
 			setGen(StatusOutdated, "validation changed")
 		}
@@ -241,10 +241,10 @@ func (e *Engine) Get(machine string, m *spec.Machine, gen, file string) ([]byte,
 		dirs = []string{filepath.Join(e.Repo.GeneratorDir(machine, gen, false), file), filepath.Join(e.Repo.GeneratorDir("", gen, true), file)}
 	}
 	for _, d := range dirs {
-		if b, err := os.ReadFile(filepath.Join(d, "value")); err == nil {
+		if b, err := e.Repo.ReadFile(filepath.Join(d, "value")); err == nil {
 			return b, nil
 		}
-		if _, err := os.Stat(filepath.Join(d, "secret")); err == nil {
+		if e.Repo.Exists(filepath.Join(d, "secret")) {
 			if e.User == nil || len(e.User.List) == 0 {
 				return nil, fmt.Errorf("vars %s/%s/%s: no age key to decrypt it: set $SOPS_AGE_KEY_FILE or run `credvm vars keygen`", machine, gen, file)
 			}

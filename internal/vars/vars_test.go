@@ -77,6 +77,7 @@ func newRepo(t *testing.T, machines map[string]string) *fixture {
 	os.WriteFile(keyTxt, []byte(id.String()+"\n"), 0o600)
 	t.Setenv("SOPS_AGE_KEY_FILE", keyTxt)
 	t.Setenv("SOPS_AGE_KEY", "")
+	testenv.PrivateState(t)
 	os.WriteFile(filepath.Join(dir, "credvm.toml"), nil, 0o644)
 	f := &fixture{t: t, dir: dir, id: id, keyTxt: keyTxt}
 	for name, content := range machines {
@@ -342,13 +343,13 @@ func TestFailuresLeaveVarsIntact(t *testing.T) {
 			if got := f.get("vm1", "a", "key"); got != oldKey {
 				t.Error("a/key changed")
 			}
-			leftovers(t, f.dir)
+			noLeftovers(t, f.dir)
 		})
 	}
 }
 
 // leftovers fails if a staging directory, journal or workspace remains.
-func leftovers(t *testing.T, dir string) {
+func noLeftovers(t *testing.T, dir string) {
 	t.Helper()
 	filepath.WalkDir(filepath.Join(dir, "vars"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && (strings.Contains(p, stagingInfix) || strings.Contains(p, oldInfix) || d.Name() == markerFile) {
@@ -356,7 +357,8 @@ func leftovers(t *testing.T, dir string) {
 		}
 		return nil
 	})
-	if js, _ := filepath.Glob(filepath.Join(dir, ".credvm", "journal-*")); len(js) > 0 {
+	r, _ := repo.Open(dir)
+	if js, _ := journals(r); len(js) > 0 {
 		t.Errorf("journal left behind: %v", js)
 	}
 	if base, err := workspaceBase(); err == nil {
@@ -419,7 +421,7 @@ func TestCrashConsistency(t *testing.T) {
 					t.Errorf("before the journal, want the old vars exactly")
 				}
 			}
-			leftovers(t, f.dir)
+			noLeftovers(t, f.dir)
 			st, err := f.e.Status(f.machine("vm1"))
 			if err != nil {
 				t.Fatal(err)
@@ -605,7 +607,7 @@ files.copy = {}
 		t.Error("shared generator not shared")
 	}
 	secret := filepath.Join(f.dir, "vars/shared/ca/key")
-	if got := repo.LinkedNames(secret, "machines"); strings.Join(got, ",") != "vm1,vm2" {
+	if got := f.e.Repo.LinkedNames(secret, "machines"); strings.Join(got, ",") != "vm1,vm2" {
 		t.Errorf("shared secret's machines = %v", got)
 	}
 	for _, m := range []string{"vm1", "vm2"} {
@@ -641,7 +643,7 @@ func TestSet(t *testing.T) {
 			t.Errorf("dependent b is %s after setting a/key, want outdated", g.Status)
 		}
 	}
-	leftovers(t, f.dir)
+	noLeftovers(t, f.dir)
 }
 
 func TestConcurrentGenerate(t *testing.T) {
@@ -669,7 +671,7 @@ func TestConcurrentGenerate(t *testing.T) {
 	if f.get("vm1", "b", "derived") != "derived-"+key {
 		t.Error("concurrent runs left a and b inconsistent")
 	}
-	leftovers(t, f.dir)
+	noLeftovers(t, f.dir)
 }
 
 // TestClanFixture reads the real clan repository: as the admin, and through
@@ -683,6 +685,7 @@ func TestClanFixture(t *testing.T) {
 	exec.Command("chmod", "-R", "u+w", dir).Run()
 	t.Setenv("SOPS_AGE_KEY_FILE", filepath.Join(dir, "admin-age-key.txt"))
 	t.Setenv("SOPS_AGE_KEY", "")
+	testenv.PrivateState(t)
 	r, err := repo.Find(filepath.Join(dir, "vars"))
 	if err != nil {
 		t.Fatalf("a clan directory (sops/ and vars/) is not recognised as a repository: %v", err)
@@ -798,7 +801,7 @@ func TestHistoryAndRollback(t *testing.T) {
 	if _, err := f.e.Rollback(m, "a", RollbackOptions{NoCommit: true}); err == nil || !strings.Contains(err.Error(), "no earlier generation is kept") {
 		t.Errorf("rollback with nothing kept: %v", err)
 	}
-	leftovers(t, f.dir)
+	noLeftovers(t, f.dir)
 }
 
 // TestMachineKeyToSomeoneElse: a var only the machine can read, and a

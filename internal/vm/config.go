@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
 )
@@ -58,11 +59,11 @@ func fileIdentity(p string) string {
 // unchanged reports, cheaply, whether the machine file at path still has
 // the content of cfg and every file it boots from the same identity —
 // without parsing anything. false means "maybe changed": parse to know.
-func (cfg *Config) unchanged(path string) bool {
+func (cfg *Config) unchanged(r *repo.Repo, path string) bool {
 	if cfg.Files == nil || path != cfg.File {
 		return false
 	}
-	b, err := os.ReadFile(path)
+	b, err := r.ReadFile(path)
 	if err != nil || string(b) != cfg.Content {
 		return false
 	}
@@ -156,7 +157,7 @@ func VarsHash(e *vars.Engine, m *spec.Machine) string {
 			gen, file, _ := spec.SplitVar(c.Var)
 			g := m.Vars.Generators[gen]
 			dir := e.GeneratorDir(m.Name, g)
-			if meta, err := os.ReadFile(filepath.Join(dir, vars.MetaFile)); err == nil {
+			if meta, err := e.Repo.ReadFile(filepath.Join(dir, vars.MetaFile)); err == nil {
 				var md vars.Meta
 				if json.Unmarshal(meta, &md) == nil && md.Generation != "" {
 					fmt.Fprintf(h, "gen %s\x00", md.Generation)
@@ -164,7 +165,7 @@ func VarsHash(e *vars.Engine, m *spec.Machine) string {
 				}
 			}
 			for _, leaf := range []string{"secret", "value"} {
-				if b, err := os.ReadFile(filepath.Join(dir, file, leaf)); err == nil {
+				if b, err := e.Repo.ReadFile(filepath.Join(dir, file, leaf)); err == nil {
 					h.Write(b)
 				}
 			}
@@ -184,8 +185,9 @@ func (r *Registration) Machine() (*spec.Machine, error) {
 }
 
 // NewConfig reads a machine's file for a registration.
-func NewConfig(m *spec.Machine, absFile string) (Config, error) {
-	b, err := os.ReadFile(absFile)
+func NewConfig(r *repo.Repo, m *spec.Machine) (Config, error) {
+	absFile := r.Path(m.File)
+	b, err := r.ReadFile(absFile)
 	if err != nil {
 		return Config{}, err
 	}

@@ -24,7 +24,7 @@ func Create(s StateDir, r *repo.Repo, m *spec.Machine) error {
 	if s.Exists() {
 		return fmt.Errorf("vm %s already exists (%s); `credvm update %s` applies a changed configuration", s.Name, s.Path(), s.Name)
 	}
-	cfg, err := NewConfig(m, r.Path(m.File))
+	cfg, err := NewConfig(r, m)
 	if err != nil {
 		return err
 	}
@@ -93,7 +93,7 @@ func updateRegistration(s StateDir) (*UpdateResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := NewConfig(m, r.Path(m.File))
+	cfg, err := NewConfig(r, m)
 	if err != nil {
 		return nil, err
 	}

@@ -109,7 +109,7 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 	if err != nil {
 		st.Reasons = append(st.Reasons, "repository unreadable: "+err.Error())
 	}
-	if r != nil && !reg.Current.unchanged(r.Path("machines", s.Name, filepath.Base(reg.Current.File))) {
+	if r != nil && !reg.Current.unchanged(r, r.Path("machines", s.Name, filepath.Base(reg.Current.File))) {
 		repoMachine, err := r.Machine(s.Name)
 		if err != nil {
 			st.Reasons = append(st.Reasons, "machine file unreadable: "+FirstLine(err))

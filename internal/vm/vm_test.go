@@ -13,6 +13,7 @@ import (
 	_ "github.com/credvm/credvm/internal/hypervisor/drivers" // machine files name a hypervisor
 	"github.com/credvm/credvm/internal/lock"
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/testenv"
 )
 
 // fixture is a repository with machine vm1 and a state root, no guest.
@@ -27,6 +28,7 @@ const vm1 = "[vm]\nkernel = \"/boot/vmlinuz\"\nmem = 512\n[credentials]\nA = { v
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	testenv.PrivateState(t)
 	f := &fixture{t: t, dir: t.TempDir(), state: StateDir{Root: filepath.Join(t.TempDir(), "state"), Name: "vm1"}}
 	os.WriteFile(filepath.Join(f.dir, "credvm.toml"), nil, 0o644)
 	f.writeMachine(vm1)
