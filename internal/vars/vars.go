@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -241,8 +242,12 @@ func (e *Engine) Get(machine string, m *spec.Machine, gen, file string) ([]byte,
 		dirs = []string{filepath.Join(e.Repo.GeneratorDir(machine, gen, false), file), filepath.Join(e.Repo.GeneratorDir("", gen, true), file)}
 	}
 	for _, d := range dirs {
-		if b, err := e.Repo.ReadFile(filepath.Join(d, "value")); err == nil {
+		b, err := e.Repo.ReadFile(filepath.Join(d, "value"))
+		switch {
+		case err == nil:
 			return b, nil
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("vars %s/%s/%s: %w", machine, gen, file, err)
 		}
 		if e.Repo.Exists(filepath.Join(d, "secret")) {
 			if e.User == nil || len(e.User.List) == 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -833,5 +834,59 @@ func TestMachineKeyToSomeoneElse(t *testing.T) {
 	}
 	if f.snapshot() != before {
 		t.Error("a failed read changed stored files")
+	}
+}
+
+// TestForgedJournal: a journal in credvm's own directory that names
+// anything but this repository's generator directories, or was written by
+// someone else, is refused and nothing is moved (issue 12, attack 1).
+func TestForgedJournal(t *testing.T) {
+	f := newRepo(t, map[string]string{"vm1": twoGens})
+	if err := f.generate(GenerateOptions{}, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	victim := t.TempDir()
+	os.WriteFile(filepath.Join(victim, "important"), []byte("keep"), 0o600)
+	d, err := f.e.Repo.LocalDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	good := journal{Format: journalFormat, Repo: f.dir, UID: os.Geteuid(), Host: host, Txn: "0123456789ab"}
+	escape, _ := filepath.Rel(f.dir, victim)
+	tests := []struct {
+		name   string
+		change func(j *journal)
+		want   string
+	}{
+		{"target outside", func(j *journal) { j.Entries = []journalEntry{{Target: escape}} }, "leaves the repository"},
+		{"target not in the layout", func(j *journal) { j.Entries = []journalEntry{{Target: "sops/users"}} }, "is not a generator directory of the layout"},
+		{"history elsewhere", func(j *journal) {
+			j.Entries = []journalEntry{{Target: "vars/per-machine/vm1/a", History: "machines/vm1"}}
+		}, "is not the history of"},
+		{"another repository", func(j *journal) { j.Repo = "/elsewhere" }, "written for /elsewhere"},
+		{"another user", func(j *journal) { j.UID = 4242 }, "written by uid 4242"},
+		{"another host", func(j *journal) { j.Host = "evil" }, "written on host evil"},
+		{"old format", func(j *journal) { j.Format = "" }, `format ""`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			j := good
+			tt.change(&j)
+			b, _ := json.Marshal(j)
+			jp := filepath.Join(d, "journal-"+good.Txn+".json")
+			os.WriteFile(jp, b, 0o600)
+			defer os.Remove(jp)
+			err := RecoverIfNeeded(f.e.Repo)
+			if err == nil || !strings.Contains(err.Error(), "does not match a transaction credvm started here") || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want a refusal with %q", err, tt.want)
+			}
+			if b, err := os.ReadFile(filepath.Join(victim, "important")); err != nil || string(b) != "keep" {
+				t.Errorf("the victim's file was touched: %q %v", b, err)
+			}
+			if got := f.get("vm1", "a", "key"); got == "" {
+				t.Error("the vars are gone")
+			}
+		})
 	}
 }
