@@ -1,12 +1,19 @@
 package main
 
 import (
+	"archive/tar"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/credvm/credvm/internal/backup"
 	"github.com/credvm/credvm/internal/cli"
 	"github.com/credvm/credvm/internal/faultinject"
 	"github.com/credvm/credvm/internal/testenv"
@@ -44,6 +51,7 @@ func TestScript(t *testing.T) {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"tamper-backup": tamperBackup,
 			// need-faultinject fails a scenario that kills credvm at fault
 			// points when they are not compiled in: it would pass for the
 			// wrong reason, or fail without saying why.
@@ -66,4 +74,63 @@ func TestScript(t *testing.T) {
 			return false, nil
 		},
 	})
+}
+
+// tamperBackup is the testscript command
+//
+//	tamper-backup IN OUT [+file PATH FROM MODE] [+link PATH TARGET] [+machine NAME]...
+//
+// which writes OUT: the backup IN with members and machine names added and
+// the manifest's checksums recomputed — the backup an attacker would hand
+// over, whole by every check a manifest can make.
+func tamperBackup(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 2 {
+		ts.Fatalf("usage: tamper-backup IN OUT [+file PATH FROM MODE] [+link PATH TARGET] [+machine NAME]...")
+	}
+	in, err := os.Open(ts.MkAbs(args[0]))
+	ts.Check(err)
+	defer in.Close()
+	man, files, err := backup.Read(in)
+	ts.Check(err)
+	for rest := args[2:]; len(rest) > 0; {
+		switch rest[0] {
+		case "+file":
+			b, err := os.ReadFile(ts.MkAbs(rest[2]))
+			ts.Check(err)
+			mode, _ := strconv.ParseUint(rest[3], 8, 32)
+			sum := sha256.Sum256(b)
+			man.Entries = append(man.Entries, backup.Entry{Path: rest[1], Type: "file", Mode: uint32(mode), Size: int64(len(b)), SHA256: hex.EncodeToString(sum[:])})
+			files[rest[1]] = b
+			rest = rest[4:]
+		case "+link":
+			man.Entries = append(man.Entries, backup.Entry{Path: rest[1], Type: "symlink", Target: rest[2]})
+			rest = rest[3:]
+		case "+machine":
+			man.Machines = append(man.Machines, rest[1])
+			rest = rest[2:]
+		default:
+			ts.Fatalf("tamper-backup: unknown %q", rest[0])
+		}
+	}
+	out, err := os.Create(ts.MkAbs(args[1]))
+	ts.Check(err)
+	defer out.Close()
+	zw := gzip.NewWriter(out)
+	tw := tar.NewWriter(zw)
+	mb, _ := json.Marshal(man)
+	tw.WriteHeader(&tar.Header{Name: "credvm-backup.json", Mode: 0o600, Size: int64(len(mb)), Typeflag: tar.TypeReg})
+	tw.Write(mb)
+	for _, e := range man.Entries {
+		switch e.Type {
+		case "dir":
+			tw.WriteHeader(&tar.Header{Name: e.Path + "/", Mode: int64(e.Mode), Typeflag: tar.TypeDir})
+		case "symlink":
+			tw.WriteHeader(&tar.Header{Name: e.Path, Linkname: e.Target, Mode: 0o777, Typeflag: tar.TypeSymlink})
+		case "file":
+			tw.WriteHeader(&tar.Header{Name: e.Path, Mode: int64(e.Mode), Size: e.Size, Typeflag: tar.TypeReg})
+			tw.Write(files[e.Path])
+		}
+	}
+	ts.Check(tw.Close())
+	ts.Check(zw.Close())
 }

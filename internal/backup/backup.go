@@ -32,7 +32,6 @@ import (
 
 	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/repo"
-	"github.com/credvm/credvm/internal/vm"
 )
 
 // Format names the manifest's layout.
@@ -89,8 +88,10 @@ func Create(path string, r *repo.Repo, stateRoot string, machines []string) (*Cr
 func Write(w io.Writer, r *repo.Repo, stateRoot string, machines []string) (*Manifest, error) {
 	man := &Manifest{Format: Format, Created: time.Now().UTC(), Repo: r.Root, Machines: machines}
 	contents := map[string][]byte{}
-	add := func(archivePath, src string) error {
-		return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+	// add archives a tree of the repository, read through its confined
+	// filesystem (a link that leads outside is an error, never followed).
+	add := func(archivePath, src string, read func(string) ([]byte, error), readlink func(string) (string, error), walk func(string, func(string, fs.DirEntry, error) error) error) error {
+		return walk(src, func(p string, d fs.DirEntry, err error) error {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			}
@@ -105,7 +106,7 @@ func Write(w io.Writer, r *repo.Repo, stateRoot string, machines []string) (*Man
 			}
 			switch {
 			case d.Type()&fs.ModeSymlink != 0:
-				t, err := os.Readlink(p)
+				t, err := readlink(p)
 				if err != nil {
 					return err
 				}
@@ -113,7 +114,7 @@ func Write(w io.Writer, r *repo.Repo, stateRoot string, machines []string) (*Man
 			case d.IsDir():
 				man.Entries = append(man.Entries, Entry{Path: ap, Type: "dir", Mode: uint32(info.Mode().Perm())})
 			case d.Type().IsRegular():
-				b, err := os.ReadFile(p)
+				b, err := read(p)
 				if err != nil {
 					return err
 				}
@@ -122,6 +123,14 @@ func Write(w io.Writer, r *repo.Repo, stateRoot string, machines []string) (*Man
 				contents[ap] = b
 			}
 			return nil
+		})
+	}
+	addRepo := func(archivePath, src string) error {
+		return add(archivePath, src, r.ReadFile, r.Readlink, r.WalkDir)
+	}
+	addState := func(archivePath, src string) error {
+		return add(archivePath, src, os.ReadFile, os.Readlink, func(p string, fn func(string, fs.DirEntry, error) error) error {
+			return filepath.WalkDir(p, fn)
 		})
 	}
 	shared := map[string]bool{}
@@ -136,25 +145,25 @@ func Write(w io.Writer, r *repo.Repo, stateRoot string, machines []string) (*Man
 			}
 		}
 		for _, p := range repoPaths(m) {
-			if err := add(path.Join("repo", p), r.Path(filepath.FromSlash(p))); err != nil {
+			if err := addRepo(path.Join("repo", p), r.Path(filepath.FromSlash(p))); err != nil {
 				return nil, err
 			}
 		}
 		vmJSON := filepath.Join(stateRoot, m, "vm.json")
 		if _, err := os.Stat(vmJSON); err == nil {
-			if err := add(path.Join("state", m, "vm.json"), vmJSON); err != nil {
+			if err := addState(path.Join("state", m, "vm.json"), vmJSON); err != nil {
 				return nil, err
 			}
 		}
 	}
 	for _, g := range slices.Sorted(maps.Keys(shared)) {
 		for _, p := range repo.SharedPaths(g) {
-			if err := add(path.Join("repo", p), r.Path(filepath.FromSlash(p))); err != nil {
+			if err := addRepo(path.Join("repo", p), r.Path(filepath.FromSlash(p))); err != nil {
 				return nil, err
 			}
 		}
 	}
-	if err := add("repo/sops/users", r.Path("sops", "users")); err != nil {
+	if err := addRepo("repo/sops/users", r.Path("sops", "users")); err != nil {
 		return nil, err
 	}
 
@@ -266,151 +275,14 @@ func Read(rd io.Reader) (*Manifest, map[string][]byte, error) {
 			return nil, nil, corrupt("%s is not in its manifest", p)
 		}
 	}
+	if err := checkLayout(man); err != nil {
+		return nil, nil, fmt.Errorf("the backup holds what no credvm backup holds: %w; nothing was restored", err)
+	}
 	return man, files, nil
 }
 
-// RestoreFile reads and checks the backup at path, then restores it under
-// the repository's lock, and commits what it wrote inside a git work tree.
-func RestoreFile(path string, o RestoreOptions) (*Manifest, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	man, files, err := Read(f)
-	if err != nil {
-		return nil, err
-	}
-	r := o.Repo
-	l, err := r.Lock(nil)
-	if err != nil {
-		return nil, err
-	}
-	defer l.Release()
-	if err := Restore(man, files, o); err != nil {
-		return nil, err
-	}
-	if !r.InGit() {
-		return man, nil
-	}
-	paths := []string{r.Path("sops")}
-	for _, m := range man.Machines {
-		for _, p := range repoPaths(m) {
-			paths = append(paths, r.Path(filepath.FromSlash(p)))
-		}
-	}
-	for _, glob := range []string{"vars/shared", repo.HistoryDir + "/shared"} {
-		paths = append(paths, r.Path(filepath.FromSlash(glob)))
-	}
-	if err := r.Commit(paths, "restore "+strings.Join(man.Machines, ", ")+" from backup"); err != nil {
-		return man, fmt.Errorf("restored, but the git commit failed: %w", err)
-	}
-	return man, nil
-}
-
-// RestoreOptions choose where a backup goes.
-type RestoreOptions struct {
-	Repo      *repo.Repo
-	StateRoot string
-	Force     bool // replace machines that exist
-}
-
-// Restore writes a checked archive into a repository and state root. It
-// refuses machines that exist there (unless Force). Machine directories
-// are assembled aside in the repository, then renamed into place.
-func Restore(man *Manifest, files map[string][]byte, o RestoreOptions) error {
-	r := o.Repo
-	for _, m := range man.Machines {
-		for _, p := range []string{r.Path("machines", m), r.Path("vars", "per-machine", m), filepath.Join(o.StateRoot, m, "vm.json")} {
-			if _, err := os.Stat(p); err == nil && !o.Force {
-				return fmt.Errorf("machine %s exists here already (%s): restore with --force to replace it", m, p)
-			}
-		}
-	}
-	local, err := r.LocalDir()
-	if err != nil {
-		return err
-	}
+func randomID() string {
 	b := make([]byte, 6)
 	rand.Read(b)
-	stage := filepath.Join(local, "restore-"+hex.EncodeToString(b))
-	defer os.RemoveAll(stage)
-	for _, e := range man.Entries {
-		if !strings.HasPrefix(e.Path, "repo/") {
-			continue
-		}
-		dst := filepath.Join(stage, filepath.FromSlash(strings.TrimPrefix(e.Path, "repo/")))
-		var err error
-		switch e.Type {
-		case "dir":
-			err = os.MkdirAll(dst, 0o755)
-		case "symlink":
-			os.MkdirAll(filepath.Dir(dst), 0o755)
-			err = os.Symlink(e.Target, dst)
-		case "file":
-			os.MkdirAll(filepath.Dir(dst), 0o755)
-			err = os.WriteFile(dst, files[e.Path], fs.FileMode(e.Mode)&0o777)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	// Move each machine's trees into place; shared generators and users
-	// only where the repository has none.
-	var moves [][2]string
-	for _, m := range man.Machines {
-		for _, p := range repoPaths(m) {
-			moves = append(moves, [2]string{filepath.Join(stage, p), r.Path(filepath.FromSlash(p))})
-		}
-	}
-	for _, glob := range []string{"vars/shared/*", "vars-history/shared/*", "sops/users/*"} {
-		ms, _ := filepath.Glob(filepath.Join(stage, glob))
-		for _, src := range ms {
-			rel, _ := filepath.Rel(stage, src)
-			if _, err := os.Stat(r.Path(rel)); err == nil {
-				continue
-			}
-			moves = append(moves, [2]string{src, r.Path(rel)})
-		}
-	}
-	for _, mv := range moves {
-		if _, err := os.Lstat(mv[0]); err != nil {
-			continue
-		}
-		if o.Force {
-			if err := os.RemoveAll(mv[1]); err != nil {
-				return err
-			}
-		}
-		if err := os.MkdirAll(filepath.Dir(mv[1]), 0o755); err != nil {
-			return err
-		}
-		if err := os.Rename(mv[0], mv[1]); err != nil {
-			return err
-		}
-	}
-	// Registrations, pointed at this repository.
-	for _, m := range man.Machines {
-		b, ok := files[path.Join("state", m, "vm.json")]
-		if !ok {
-			continue
-		}
-		var reg vm.Registration
-		if err := json.Unmarshal(b, &reg); err != nil {
-			return fmt.Errorf("machine %s: its registration is unreadable: %w", m, err)
-		}
-		if rel, err := filepath.Rel(man.Repo, reg.Current.File); err == nil && !strings.HasPrefix(rel, "..") {
-			reg.Current.File = r.Path(rel)
-		}
-		reg.Repo = r.Root
-		s := vm.StateDir{Root: o.StateRoot, Name: m}
-		if err := s.Ensure(); err != nil {
-			return err
-		}
-		nb, _ := json.MarshalIndent(&reg, "", "  ")
-		if err := atomicfile.Write(filepath.Join(s.Path(), "vm.json"), append(nb, '\n'), 0o600); err != nil {
-			return err
-		}
-	}
-	return nil
+	return hex.EncodeToString(b)
 }

@@ -2,9 +2,11 @@ package backup
 
 import (
 	"bytes"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -63,9 +65,9 @@ var vm1Files = map[string]string{
 	"vars/per-machine/vm1/g/.credvm.json":                          `{"generation":"1"}`,
 	"vars-history/per-machine/vm1/g/20260101T000000Z-abc/f/secret": "old",
 	"vars/shared/ca/key/secret":                                    "shared",
-	"sops/machines/vm1/key.json":                                   `[{"publickey":"age1x","type":"age"}]`,
+	"sops/machines/vm1/key.json":                                   `[{"publickey":"age1p2j8dqqwhv675tx9p8gu4wtt9l0se2g3w8l9k7pa87z6s85pd5ks02na9f","type":"age"}]`,
 	"sops/secrets/vm1-age.key/secret":                              "encrypted machine key",
-	"sops/users/alice/key.json":                                    `[{"publickey":"age1y","type":"age"}]`,
+	"sops/users/alice/key.json":                                    `[{"publickey":"age1wam7jac99rsyj4d2x2e85hneda5kmpudwrhtmly4uakx3c6upgasym0tt6","type":"age"}]`,
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -98,12 +100,22 @@ func TestRoundTrip(t *testing.T) {
 	os.WriteFile(filepath.Join(dst, "credvm.toml"), nil, 0o644)
 	r2, _ := repo.Open(dst)
 	state2 := t.TempDir()
-	man, err := RestoreFile(archive, RestoreOptions{Repo: r2, StateRoot: state2})
+	if _, err := RestoreFile(archive, RestoreOptions{Repo: r2, StateRoot: state2}); !errors.As(err, new(*repo.ConfirmationError)) || !strings.Contains(err.Error(), "the backup would add 1 user to this repository's users") {
+		t.Fatalf("a restore adding a user without consent: %v", err)
+	}
+	if r2.Exists(r2.Path("machines")) {
+		t.Fatal("a refused restore wrote something")
+	}
+	aliceKeys, _ := repo.ParseKeyFile("alice", []byte(vm1Files["sops/users/alice/key.json"]))
+	res, err := RestoreFile(archive, RestoreOptions{Repo: r2, StateRoot: state2, Self: aliceKeys})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(man.Machines) != 1 || man.Machines[0] != "vm1" {
-		t.Errorf("manifest machines %v", man.Machines)
+	if man := res.Manifest; len(man.Machines) != 1 || man.Machines[0] != "vm1" || !slices.Equal(res.NewUsers, []string{"alice"}) {
+		t.Errorf("manifest machines %v, new users %v", man.Machines, res.NewUsers)
+	}
+	if !slices.ContainsFunc(res.Changes, func(c string) bool { return strings.HasSuffix(c, ": your own key") }) {
+		t.Errorf("the restoring user's own key is not named as such: %q", res.Changes)
 	}
 	got := snapshot(t, dst)
 	for p, want := range vm1Files {
@@ -120,7 +132,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil || reg.Repo != r2.Root || !strings.HasPrefix(reg.Current.File, r2.Root) {
 		t.Errorf("registration not pointed at the new repository: %+v %v", reg, err)
 	}
-	if _, err := RestoreFile(archive, RestoreOptions{Repo: r2, StateRoot: state2}); err == nil || !strings.Contains(err.Error(), "restore with --force to replace it") {
+	if _, err := RestoreFile(archive, RestoreOptions{Repo: r2, StateRoot: state2, AcceptRecipients: true}); err == nil || !strings.Contains(err.Error(), "restore with --force to replace it") {
 		t.Errorf("restore over an existing machine: %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/backup"
+	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
 )
@@ -84,28 +85,45 @@ registrations. A manifest lists every member with its SHA-256;
 }
 
 func newRestoreCmd(g *globals) *cobra.Command {
-	var force bool
+	var o backup.RestoreOptions
 	cmd := &cobra.Command{
 		Use:   "restore FILE",
 		Short: "Restore machines from a backup archive into this repository and state directory",
 		Long: `Read a backup from ` + "`credvm backup`" + `, check every member against its
-manifest (a truncated or altered archive restores nothing), and put the
-machines back: files, vars, history, keys, and registrations pointed at
-this repository. Machines that exist here are refused unless --force.`,
+manifest (a truncated or altered archive restores nothing) and against the
+repository layout (a backup holds machines, shared generators, users'
+public keys and registrations — nothing else, no git hooks, no link that
+leads outside), and put the machines back: files, vars, history, keys, and
+registrations pointed at this repository. It prints what it changes.
+Machines that exist here are refused unless --force. A backup that would
+add users — new recipients of every later secret — is refused unless
+--accept-recipients, or a yes on a terminal.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := g.openRepo()
 			if err != nil {
 				return err
 			}
-			man, err := backup.RestoreFile(args[0], backup.RestoreOptions{Repo: r, StateRoot: g.stateRoot(), Force: force})
-			if man == nil {
-				return err
+			o.Repo, o.StateRoot = r, g.stateRoot()
+			if ids, err := sops.LoadUserIdentities(); err == nil {
+				o.Self = ids.Recipients
 			}
-			fmt.Fprintf(g.stdout, "restored %s (backed up %s from %s)\n", strings.Join(man.Machines, ", "), man.Created.Local().Format("2006-01-02 15:04:05"), man.Repo)
-			return err
+			return g.confirmed(o.AcceptRecipients, func(accept bool) error {
+				o.AcceptRecipients = accept
+				res, err := backup.RestoreFile(args[0], o)
+				if err != nil {
+					return err
+				}
+				man := res.Manifest
+				fmt.Fprintf(g.stdout, "restored %s (backed up %s from %s)\n", strings.Join(man.Machines, ", "), man.Created.Local().Format("2006-01-02 15:04:05"), man.Repo)
+				for _, c := range res.Changes {
+					fmt.Fprintf(g.stdout, "  %s\n", c)
+				}
+				return nil
+			})
 		},
 	}
-	cmd.Flags().BoolVar(&force, "force", false, "replace machines that exist here")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "replace machines that exist here")
+	cmd.Flags().BoolVar(&o.AcceptRecipients, "accept-recipients", false, "let the backup add users to this repository (they become recipients of every later secret)")
 	return cmd
 }

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"golang.org/x/term"
 
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
 )
@@ -84,4 +86,30 @@ func (g *globals) answers(file string, flags []string) (vars.Answers, error) {
 		a[k] = v
 	}
 	return a, nil
+}
+
+// confirmed runs an operation that may need the operator's consent (a
+// *repo.ConfirmationError: new recipients, replaced shared values). When
+// it does, the changes are shown; on a terminal the operator is asked and
+// a yes runs it again, accepted; otherwise its error names the flag.
+func (g *globals) confirmed(accepted bool, op func(accept bool) error) error {
+	err := op(accepted)
+	var ce *repo.ConfirmationError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	fmt.Fprintf(g.stderr, "%s would change:\n", ce.Op)
+	for _, c := range ce.Changes {
+		fmt.Fprintf(g.stderr, "  %s\n", c)
+	}
+	f, ok := g.stdin.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return err
+	}
+	fmt.Fprintf(g.stderr, "%s. Accept? [y/N] ", ce.Why)
+	answer, _ := readLine(f)
+	if s := strings.ToLower(strings.TrimSpace(string(answer))); s != "y" && s != "yes" {
+		return fmt.Errorf("%s: not accepted; nothing was changed", ce.Op)
+	}
+	return op(true)
 }

@@ -27,6 +27,12 @@ func (r *Repo) readKeyFile(path string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ParseKeyFile(r.Rel(path), b)
+}
+
+// ParseKeyFile parses a key.json (a list of entries, or as older clan
+// wrote it, one object) into its age public keys; name is for messages.
+func ParseKeyFile(path string, b []byte) ([]string, error) {
 	var list []keyEntry
 	if err := json.Unmarshal(b, &list); err != nil {
 		var one keyEntry

@@ -122,3 +122,20 @@ func (r *Repo) CheckGeneratorDir(p string) error {
 
 // Fsync fsyncs a file or directory of the repository.
 func (r *Repo) Fsync(p string) error { return r.SyncDir(p) }
+
+// ConfirmationError is what an operation returns, before it changes
+// anything, when it would widen who can read secrets (new recipients: a
+// user, a machine, a group member) or replace values other machines use,
+// and the operator has not accepted that. Changes lists what would change,
+// one line each; Flag is the option that accepts it. A command on a
+// terminal shows the changes and asks; without one it fails naming Flag.
+type ConfirmationError struct {
+	Op      string
+	Why     string
+	Changes []string
+	Flag    string
+}
+
+func (e *ConfirmationError) Error() string {
+	return fmt.Sprintf("%s: %s; nothing was changed: check the changes above and pass %s to accept them", e.Op, e.Why, e.Flag)
+}
