@@ -145,7 +145,7 @@ func newRepo(t *testing.T) *repo {
 	t.Cleanup(func() { os.RemoveAll(state) })
 	r := &repo{t: t, dir: dir, state: state, env: append(os.Environ(),
 		"SOPS_AGE_KEY_FILE="+filepath.Join(dir, "key.txt"), "SOPS_AGE_KEY=", "CREDVM_REPO="+dir, "USER=tester",
-		"XDG_STATE_HOME="+t.TempDir())}
+		"XDG_STATE_HOME="+t.TempDir(), "HOME="+t.TempDir(), "SSH_AUTH_SOCK=")}
 	os.WriteFile(filepath.Join(dir, "credvm.toml"), nil, 0o644)
 	r.credvm("vars", "keygen")
 	return r

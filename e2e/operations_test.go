@@ -177,7 +177,8 @@ func TestMigrationAndClone(t *testing.T) {
 	json.Unmarshal([]byte(pubB), &kg)
 	bundle := filepath.Join(t.TempDir(), "mig.bundle")
 	a.credvm("vars", "export", "mig", "--to", kg.PublicKey, "--with-machine-key", "-o", bundle)
-	out := b.credvm("vars", "import", bundle)
+	// Signed with a's own signing key, made beside its age key.
+	out := b.credvm("vars", "import", bundle, "--from", filepath.Join(a.dir, "credvm-signing.key.pub"))
 	if !strings.Contains(out, "mig: imported 1 var") {
 		t.Fatalf("import: %s", out)
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/credvm/credvm/internal/cli"
 	"github.com/credvm/credvm/internal/faultinject"
 	"github.com/credvm/credvm/internal/testenv"
+	"github.com/credvm/credvm/internal/vars"
 )
 
 func TestMain(m *testing.M) {
@@ -52,6 +54,7 @@ func TestScript(t *testing.T) {
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"tamper-backup": tamperBackup,
+			"forge-bundle":  forgeBundle,
 			// need-faultinject fails a scenario that kills credvm at fault
 			// points when they are not compiled in: it would pass for the
 			// wrong reason, or fail without saying why.
@@ -133,4 +136,29 @@ func tamperBackup(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	ts.Check(tw.Close())
 	ts.Check(zw.Close())
+}
+
+// forgeBundle is the testscript command
+//
+//	forge-bundle OUT RECIPIENT-FILE SIGN-KEY MACHINE MACHINE-FILE
+//
+// which writes what anyone can write: a bundle for MACHINE with the given
+// machine file and no vars, sealed to the recipient and signed with
+// SIGN-KEY — no credvm repository, no checks.
+func forgeBundle(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 5 {
+		ts.Fatalf("usage: forge-bundle OUT RECIPIENT-FILE SIGN-KEY MACHINE MACHINE-FILE")
+	}
+	spec, err := os.ReadFile(ts.MkAbs(args[4]))
+	ts.Check(err)
+	rcpt, err := vars.ParseRecipient(ts.MkAbs(args[1]))
+	ts.Check(err)
+	b := &vars.Bundle{Format: vars.BundleFormat, Machine: args[3], Exported: time.Now(), MachineFile: "machine.toml", MachineSpec: string(spec)}
+	sealed, err := vars.Seal(b, rcpt)
+	ts.Check(err)
+	signer, err := vars.FindSigner(ts.MkAbs(args[2]))
+	ts.Check(err)
+	signed, err := signer.Sign(sealed)
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), signed, 0o600))
 }

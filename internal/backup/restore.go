@@ -134,6 +134,9 @@ func checkRecipientLink(parts []string, target string) error {
 	return fmt.Errorf("a recipient link to %q (clan's lead to %s)", target, want)
 }
 
+// AcceptUsers is the confirmation a restore adding users asks for.
+const AcceptUsers = "users"
+
 // RestoreOptions choose where a backup goes and what it may change.
 type RestoreOptions struct {
 	Repo      *repo.Repo
@@ -243,7 +246,7 @@ func restore(man *Manifest, files map[string][]byte, o RestoreOptions) (*Restore
 		res.NewUsers = append(res.NewUsers, u)
 	}
 	if others > 0 && !o.AcceptRecipients {
-		return res, &repo.ConfirmationError{Op: "restore", Changes: res.Changes, Flag: "--accept-recipients",
+		return res, &repo.ConfirmationError{Op: "restore", Changes: res.Changes, Flag: "--accept-recipients", Kind: AcceptUsers,
 			Why: fmt.Sprintf("the backup would add %s to this repository's users", plural(others, "user", "users"))}
 	}
 	if err := writeTrees(r, man, files, o.Force); err != nil {

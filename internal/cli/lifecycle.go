@@ -40,7 +40,19 @@ func (g *globals) create(name string) error {
 		return err
 	}
 	fmt.Fprintf(g.stdout, "%s: created from %s (state %s)\n", m.Name, r.Root, s.Path())
+	g.printHostPaths(vm.HostPaths(r, m))
 	return nil
+}
+
+// printHostPaths shows the host files outside the repository a VM reads.
+func (g *globals) printHostPaths(paths []vm.HostPath) {
+	if len(paths) == 0 {
+		return
+	}
+	fmt.Fprintf(g.stdout, "  host files this VM reads (outside the repository):\n")
+	for _, p := range paths {
+		fmt.Fprintf(g.stdout, "    %s: %s\n", p.What, p.Path)
+	}
 }
 
 func newUpdateCmd(g *globals) *cobra.Command {
@@ -75,6 +87,7 @@ func (g *globals) printUpdate(res *vm.UpdateResult, restart bool) {
 		for _, l := range res.Diff {
 			fmt.Fprintf(g.stdout, "  %s\n", l)
 		}
+		g.printHostPaths(res.HostPaths)
 	}
 	switch {
 	case res.Restarted != nil:

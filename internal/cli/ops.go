@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/backup"
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
@@ -108,8 +109,9 @@ add users — new recipients of every later secret — is refused unless
 			if ids, err := sops.LoadUserIdentities(); err == nil {
 				o.Self = ids.Recipients
 			}
-			return g.confirmed(o.AcceptRecipients, func(accept bool) error {
-				o.AcceptRecipients = accept
+			flag := o.AcceptRecipients
+			return g.confirmed(func(accepted []*repo.ConfirmationError) error {
+				o.AcceptRecipients = flag || accepts(accepted, backup.AcceptUsers) != nil
 				res, err := backup.RestoreFile(args[0], o)
 				if err != nil {
 					return err

@@ -89,27 +89,41 @@ func (g *globals) answers(file string, flags []string) (vars.Answers, error) {
 }
 
 // confirmed runs an operation that may need the operator's consent (a
-// *repo.ConfirmationError: new recipients, replaced shared values). When
-// it does, the changes are shown; on a terminal the operator is asked and
-// a yes runs it again, accepted; otherwise its error names the flag.
-func (g *globals) confirmed(accepted bool, op func(accept bool) error) error {
-	err := op(accepted)
-	var ce *repo.ConfirmationError
-	if !errors.As(err, &ce) {
-		return err
+// *repo.ConfirmationError: new recipients, replaced shared values, an
+// unknown signer). When it does, the changes are shown; on a terminal the
+// operator is asked, and a yes runs it again with what was accepted so
+// far; otherwise its error names the flag that accepts it.
+func (g *globals) confirmed(op func(accepted []*repo.ConfirmationError) error) error {
+	var accepted []*repo.ConfirmationError
+	for {
+		err := op(accepted)
+		var ce *repo.ConfirmationError
+		if !errors.As(err, &ce) {
+			return err
+		}
+		fmt.Fprintf(g.stderr, "%s would change:\n", ce.Op)
+		for _, c := range ce.Changes {
+			fmt.Fprintf(g.stderr, "  %s\n", c)
+		}
+		f, ok := g.stdin.(*os.File)
+		if !ok || !term.IsTerminal(int(f.Fd())) || len(accepted) > 8 {
+			return err
+		}
+		fmt.Fprintf(g.stderr, "%s. Accept? [y/N] ", ce.Why)
+		answer, _ := readLine(f)
+		if s := strings.ToLower(strings.TrimSpace(string(answer))); s != "y" && s != "yes" {
+			return fmt.Errorf("%s: not accepted; nothing was changed", ce.Op)
+		}
+		accepted = append(accepted, ce)
 	}
-	fmt.Fprintf(g.stderr, "%s would change:\n", ce.Op)
-	for _, c := range ce.Changes {
-		fmt.Fprintf(g.stderr, "  %s\n", c)
+}
+
+// accepts reports whether kind is among the accepted confirmations.
+func accepts(accepted []*repo.ConfirmationError, kind string) *repo.ConfirmationError {
+	for _, a := range accepted {
+		if a.Kind == kind {
+			return a
+		}
 	}
-	f, ok := g.stdin.(*os.File)
-	if !ok || !term.IsTerminal(int(f.Fd())) {
-		return err
-	}
-	fmt.Fprintf(g.stderr, "%s. Accept? [y/N] ", ce.Why)
-	answer, _ := readLine(f)
-	if s := strings.ToLower(strings.TrimSpace(string(answer))); s != "y" && s != "yes" {
-		return fmt.Errorf("%s: not accepted; nothing was changed", ce.Op)
-	}
-	return op(true)
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/atomicfile"
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
 )
@@ -32,7 +33,10 @@ func newVarsExportCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stderr, "%s: exported %s from %s (%s)\n", b.Machine, plural(b.Vars, "var", "vars"), plural(b.Generators, "generator", "generators"), exportedHow(opts))
+			if b.SignerCreated != "" {
+				fmt.Fprintf(g.stderr, "created your bundle signing key %s (public key %s.pub, registered in the repository): give it to the receiver for --from\n", b.SignerCreated, b.SignerCreated)
+			}
+			fmt.Fprintf(g.stderr, "%s: exported %s from %s (%s), signed with %s\n", b.Machine, plural(b.Vars, "var", "vars"), plural(b.Generators, "generator", "generators"), exportedHow(opts), b.Signer)
 			return nil
 		})
 	cmd.Long = `Write one machine's vars — every value, its machine file and, with
@@ -51,6 +55,7 @@ a channel you trust completely.`
 	f.StringVarP(&out, "output", "o", "", "write to FILE (0600) instead of standard output")
 	f.BoolVar(&opts.WithMachineKey, "with-machine-key", false, "include the machine's own age key (the VM keeps its identity)")
 	f.BoolVar(&opts.Plaintext, "plaintext", false, "write the bundle unencrypted (every secret readable!)")
+	f.StringVar(&opts.SignKey, "sign-key", "", "OpenSSH private key to sign the bundle with (default: ssh-agent's first ed25519 key, ~/.ssh/id_ed25519, else credvm's own signing key)")
 	return cmd
 }
 
@@ -67,20 +72,28 @@ func exportedHow(opts vars.ExportOptions) string {
 
 func newVarsImportCmd(g *globals) *cobra.Command {
 	var opts vars.ImportOptions
+	var from []string
 	cmd := &cobra.Command{
-		Use:   "import [FILE]",
-		Short: "Import a machine's vars from a bundle (standard input by default), re-encrypted to this repository",
-		Long: `Decrypt a bundle from ` + "`credvm vars export`" + ` with your age key (or the
-keys given with -i: age identity files or unencrypted OpenSSH ed25519 keys),
-check it whole, re-encrypt every var to this repository's machine key and
-users, check that each decrypts back, and commit all of it in one
-transaction. The machine file is written when this repository has none for
-the machine; otherwise the bundle must match it. A truncated or altered
-bundle is refused and nothing is imported.`,
+		Use:   "import [FILE] --from SENDER",
+		Short: "Import a machine's vars from a signed bundle (standard input by default), re-encrypted to this repository",
+		Long: `Check a bundle from ` + "`credvm vars export`" + `: its signature must be by a
+key you name with --from (an ssh public key, a .pub file, or an
+allowed_signers file; without it, a terminal shows the signer's fingerprint
+and asks). Decrypt it with your age key (or the keys given with -i: age
+identity files or unencrypted OpenSSH ed25519 keys), check it whole, and
+show what it changes: a new machine file (and the host files its
+credentials read), a machine key, shared vars it would replace — which
+needs --replace-shared or a yes. Then re-encrypt every var to this
+repository's machine key and users, check that each decrypts back, and
+commit the machine file, key and vars in one transaction. A truncated,
+altered, unsigned or wrongly signed bundle imports nothing.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := g.engine()
 			if err != nil {
+				return err
+			}
+			if opts.From, err = vars.ParseSenders(from); err != nil {
 				return err
 			}
 			var data []byte
@@ -92,15 +105,27 @@ bundle is refused and nothing is imported.`,
 			if err != nil {
 				return err
 			}
-			res, err := e.Import(data, opts)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "%s: imported %s, re-encrypted to this repository and checked\n", res.Machine, plural(res.Vars, "var", "vars"))
-			return nil
+			replace := opts.ReplaceShared
+			return g.confirmed(func(accepted []*repo.ConfirmationError) error {
+				if a := accepts(accepted, vars.AcceptSigner); a != nil {
+					opts.TrustSigner = a.Token
+				}
+				opts.ReplaceShared = replace || accepts(accepted, vars.AcceptShared) != nil
+				res, err := e.Import(data, opts)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stdout, "%s: imported %s signed by %s, re-encrypted to this repository and checked\n", res.Machine, plural(res.Vars, "var", "vars"), res.Signer)
+				for _, c := range res.Changes {
+					fmt.Fprintf(g.stdout, "  %s\n", c)
+				}
+				return nil
+			})
 		},
 	}
 	f := cmd.Flags()
+	f.StringArrayVar(&from, "from", nil, "the sender's signing key: \"ssh-ed25519 AAAA…\", a .pub file or an allowed_signers file; repeatable")
+	f.BoolVar(&opts.ReplaceShared, "replace-shared", false, "let the bundle replace shared vars that machines here already use")
 	f.StringArrayVarP(&opts.IdentityFiles, "identity", "i", nil, "a key to decrypt the bundle with: age identity file or OpenSSH ed25519 private key; repeatable")
 	f.BoolVar(&opts.Plaintext, "plaintext", false, "accept an unencrypted bundle")
 	f.BoolVar(&opts.NoCommit, "no-commit", false, "do not git-commit the imported vars")

@@ -189,31 +189,42 @@ func (r *Repo) EnsureMachineKey(machine string) (string, error) {
 	return pub, nil
 }
 
-// ImportMachineKey stores a machine's private key brought from another
-// repository (encrypted to users, with its public key), unless the machine
-// has that key already. A different existing key is an error: the vars
-// here are encrypted to it.
-func (r *Repo) ImportMachineKey(machine, privateKey string, users []string) error {
+// StageMachineKey writes a machine's key pair into staging directories
+// of a transaction whose targets are the key's own directories
+// (PathsOf(m).PrivateKey and .PublicKey): the private key encrypted to
+// users, with clan's links, and the public key. privateKey "" makes a
+// new key. It returns the public key.
+func (r *Repo) StageMachineKey(machine, privateKey, secretStaging, pubStaging string, users []string) (string, error) {
 	ids := &sops.Identities{}
+	if privateKey == "" {
+		id, err := age.GenerateX25519Identity()
+		if err != nil {
+			return "", err
+		}
+		privateKey = id.String() + "\n"
+	}
 	if err := ids.Add([]byte(privateKey), "bundle"); err != nil || len(ids.Recipients) != 1 {
-		return fmt.Errorf("machine %s: the bundle's machine key is not one age identity", machine)
+		return "", fmt.Errorf("machine %s: the bundle's machine key is not one age identity", machine)
 	}
 	pub := ids.Recipients[0]
-	cur, err := r.MachinePublicKey(machine)
+	content := []byte("# machine key for " + machine + "\n# public key: " + pub + "\n" + ids.Raw())
+	keys, err := r.Recipients(nil, users)
 	if err != nil {
-		return err
+		return "", err
 	}
-	switch {
-	case cur == pub:
-		return nil
-	case cur != "":
-		return fmt.Errorf("machine %s already has another key in this repository (%s); import without the machine key, or remove sops/machines/%s and sops/secrets/%s-age.key first", machine, cur, machine, machine)
+	if err := r.StageSecretTo(secretStaging, content, keys, nil, users); err != nil {
+		return "", fmt.Errorf("machine %s: store private key: %w", machine, err)
 	}
-	content := []byte("# imported: machine key for " + machine + "\n# public key: " + pub + "\n" + ids.Raw())
-	if err := r.WriteSecret(r.machineKeySecret(machine), content, nil, users); err != nil {
-		return fmt.Errorf("machine %s: store private key: %w", machine, err)
+	return pub, r.writeKeyFile(filepath.Join(pubStaging, "key.json"), []string{pub})
+}
+
+// PublicKeyOf is the public key of an age identity file's one identity.
+func PublicKeyOf(privateKey string) (string, error) {
+	ids := &sops.Identities{}
+	if err := ids.Add([]byte(privateKey), "bundle"); err != nil || len(ids.Recipients) != 1 {
+		return "", errors.New("not one age identity")
 	}
-	return r.writeKeyFile(r.Path("sops", "machines", machine, "key.json"), []string{pub})
+	return ids.Recipients[0], nil
 }
 
 // MachineIdentity decrypts the machine's private key with the user's
@@ -279,11 +290,24 @@ func (r *Repo) StageSecret(dir string, plaintext []byte, machines, users []strin
 	return r.writeSecret(dir, plaintext, machines, users, false)
 }
 
+// StageSecretTo is StageSecret with the recipients' keys given (machine
+// keys not yet committed: staged in the same transaction); machines and
+// users still name the links.
+func (r *Repo) StageSecretTo(dir string, plaintext []byte, keys, machines, users []string) error {
+	return r.writeSecretTo(dir, plaintext, keys, machines, users, false)
+}
+
 func (r *Repo) writeSecret(dir string, plaintext []byte, machines, users []string, durable bool) error {
 	rcpts, err := r.Recipients(machines, users)
 	if err != nil {
 		return err
 	}
+	return r.writeSecretTo(dir, plaintext, rcpts, machines, users, durable)
+}
+
+func (r *Repo) writeSecretTo(dir string, plaintext []byte, rcpts, machines, users []string, durable bool) error {
+	slices.Sort(rcpts)
+	rcpts = slices.Compact(rcpts)
 	enc, err := sops.Encrypt(plaintext, rcpts)
 	if err != nil {
 		return err

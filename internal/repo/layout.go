@@ -107,6 +107,30 @@ func (r *Repo) CheckGeneratorDir(p string) error {
 	if err != nil {
 		return err
 	}
+	return checkGeneratorDir(rel)
+}
+
+// CheckTxnTarget checks that p is a directory a transaction may replace:
+// a generator directory, or a machine's own directory, public key or
+// private key (machines/<m>, sops/machines/<m>, sops/secrets/<m>-age.key).
+func (r *Repo) CheckTxnTarget(p string) error {
+	rel, err := r.rel(p)
+	if err != nil {
+		return err
+	}
+	parts := strings.Split(filepath.ToSlash(rel), "/")
+	switch {
+	case len(parts) == 2 && parts[0] == "machines":
+		return spec.CheckMachineName(parts[1])
+	case len(parts) == 3 && parts[0] == "sops" && parts[1] == "machines":
+		return spec.CheckMachineName(parts[2])
+	case len(parts) == 3 && parts[0] == "sops" && parts[1] == "secrets" && strings.HasSuffix(parts[2], "-age.key"):
+		return spec.CheckMachineName(strings.TrimSuffix(parts[2], "-age.key"))
+	}
+	return checkGeneratorDir(rel)
+}
+
+func checkGeneratorDir(rel string) error {
 	parts := strings.Split(filepath.ToSlash(rel), "/")
 	switch {
 	case len(parts) == 4 && parts[0] == "vars" && parts[1] == "per-machine":
@@ -134,6 +158,9 @@ type ConfirmationError struct {
 	Why     string
 	Changes []string
 	Flag    string
+	// Kind tells the operation, on its second run, what was accepted;
+	// Token carries what it needs for that (a signer's key).
+	Kind, Token string
 }
 
 func (e *ConfirmationError) Error() string {

@@ -132,7 +132,9 @@ func (r *Repo) MachineNames() ([]string, error) {
 	}
 	var names []string
 	for _, e := range entries {
-		if !e.IsDir() {
+		// Not a machine: a file, or a name no machine can have (a staging
+		// directory of an import, ".name.credvm-new-…").
+		if !e.IsDir() || spec.CheckMachineName(e.Name()) != nil {
 			continue
 		}
 		for _, f := range spec.MachineFiles {

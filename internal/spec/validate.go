@@ -191,6 +191,9 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 			}
 		case c.File != "":
 			c.File = resolve(dir, c.File)
+			if why := forbiddenHostFile(c.File); why != "" {
+				add(key+".file", "%s is %s; no guest gets it: remove this credential", c.File, why)
+			}
 		}
 	}
 	slices.SortFunc(ps, func(a, b *Problem) int { return a.Line - b.Line })

@@ -100,7 +100,10 @@ type runner struct {
 	users    []string
 	answers  map[string][]byte
 	noCommit bool
-	gitMu    sync.Mutex
+	// pending are machine keys staged in the transaction being written
+	// (an import's): secrets are encrypted to them before they exist.
+	pending map[string]string
+	gitMu   sync.Mutex
 }
 
 // runTxn runs gens (in order) for one machine m — or shared generators,
@@ -191,16 +194,25 @@ func (r *runner) writeGenerator(dir string, g *spec.Generator, files map[string]
 			}
 			continue
 		}
-		var to []string
+		var to, keys []string
 		if f.IsDeployed() {
 			to = machines
 			for _, m := range to {
-				if _, err := e.Repo.EnsureMachineKey(m); err != nil {
-					return err
+				pub, ok := r.pending[m]
+				if !ok {
+					var err error
+					if pub, err = e.Repo.EnsureMachineKey(m); err != nil {
+						return err
+					}
 				}
+				keys = append(keys, pub)
 			}
 		}
-		if err := e.Repo.StageSecret(fdir, content, to, r.users); err != nil {
+		userKeys, err := e.Repo.Recipients(nil, r.users)
+		if err != nil {
+			return err
+		}
+		if err := e.Repo.StageSecretTo(fdir, content, append(keys, userKeys...), to, r.users); err != nil {
 			return fmt.Errorf("%s: %w", f.Name, err)
 		}
 	}

@@ -8,15 +8,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"filippo.io/age"
 	"filippo.io/age/agessh"
 	"filippo.io/age/armor"
+	"golang.org/x/crypto/ssh"
 
-	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -111,6 +110,9 @@ type ExportOptions struct {
 	WithMachineKey bool
 	// Plaintext writes the bundle unencrypted.
 	Plaintext bool
+	// SignKey is the OpenSSH private key to sign with ("": the agent's
+	// first ed25519 key, ~/.ssh/id_ed25519, or credvm's own; FindSigner).
+	SignKey string
 }
 
 // Exported is a bundle ready to write.
@@ -119,6 +121,9 @@ type Exported struct {
 	Machine    string
 	Vars       int
 	Generators int
+	// Signer is the signing key's fingerprint and where it came from;
+	// SignerCreated names the file when credvm made the key now.
+	Signer, SignerCreated string
 }
 
 // ExportBundle writes machine m's vars as a bundle sealed to opts.To (or,
@@ -142,13 +147,49 @@ func (e *Engine) ExportBundle(m *spec.Machine, opts ExportOptions) (*Exported, e
 	for _, bg := range b.Generators {
 		out.Vars += len(bg.Files)
 	}
-	if opts.Plaintext {
-		out.Data, err = json.MarshalIndent(b, "", "  ")
-		out.Data = append(out.Data, '\n')
-	} else {
-		out.Data, err = Seal(b, rcpt)
+	signer, err := FindSigner(opts.SignKey)
+	if err != nil {
+		return nil, err
 	}
-	return out, err
+	var payload []byte
+	if opts.Plaintext {
+		payload, err = json.MarshalIndent(b, "", "  ")
+	} else {
+		payload, err = Seal(b, rcpt)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if out.Data, err = signer.Sign(payload); err != nil {
+		return nil, err
+	}
+	out.Signer = fmt.Sprintf("%s %s (%s)", signer.PublicKey().Type(), Fingerprint(signer.PublicKey()), signer.Source)
+	if signer.Created != "" {
+		out.SignerCreated = signer.Created
+		if err := e.registerSigningKey(signer); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// SigningKeyFile is where a user's credvm signing key (its public half)
+// is registered in the repository, beside their age key: teammates name
+// it with --from.
+const SigningKeyFile = "credvm-signing.pub"
+
+// registerSigningKey records the user's new signing key in the
+// repository, under the user their age key is registered as.
+func (e *Engine) registerSigningKey(s *Signer) error {
+	if e.User == nil {
+		return nil
+	}
+	u, err := e.Repo.UserFor(e.User.Recipients)
+	if err != nil || u == "" {
+		return err
+	}
+	line := append(bytes.TrimSpace(ssh.MarshalAuthorizedKey(s.PublicKey())), []byte(" "+u+"\n")...)
+	return e.Repo.WriteFileAtomic(e.Repo.Path("sops", "users", u, SigningKeyFile), line, 0o644)
 }
 
 // ParseRecipient accepts an age recipient ("age1…"), an ssh-ed25519 (or
@@ -242,185 +283,4 @@ func Open(data []byte, ids []age.Identity, plaintextOK bool) (*Bundle, error) {
 		return nil, fmt.Errorf("bundle: machine file %q is neither machine.toml nor machine.json", b.MachineFile)
 	}
 	return &b, nil
-}
-
-// ImportOptions configure Import.
-type ImportOptions struct {
-	// IdentityFiles are more keys to decrypt the bundle with, besides the
-	// user's: age identity files or OpenSSH private keys.
-	IdentityFiles []string
-	// Plaintext accepts an unencrypted bundle.
-	Plaintext bool
-	// NoCommit skips the git commit.
-	NoCommit bool
-}
-
-// ImportResult says what Import wrote.
-type ImportResult struct {
-	Machine string `json:"machine"`
-	Vars    int    `json:"vars"`
-	// WroteMachineFile: the repository had no machine file for it.
-	WroteMachineFile bool `json:"wrote_machine_file"`
-}
-
-// Import reads a bundle (as ExportBundle writes it), checks it whole and
-// writes its vars into this repository, re-encrypted to its recipients,
-// after checking that every secret written decrypts to the bundle's value;
-// all of it in one transaction. The machine file is written when the
-// repository has none for the machine.
-func (e *Engine) Import(data []byte, opts ImportOptions) (*ImportResult, error) {
-	var ids []age.Identity
-	if e.User != nil {
-		ids = append(ids, e.User.List...)
-	}
-	for _, p := range opts.IdentityFiles {
-		more, err := sops.LoadIdentityFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("-i %s: %w", p, err)
-		}
-		ids = append(ids, more.List...)
-	}
-	b, err := Open(data, ids, opts.Plaintext)
-	if err != nil {
-		return nil, err
-	}
-	var res *ImportResult
-	err = e.locked(func() error {
-		var err error
-		res, err = e.importLocked(b, opts)
-		return err
-	})
-	return res, err
-}
-
-func (e *Engine) importLocked(b *Bundle, opts ImportOptions) (*ImportResult, error) {
-	users, err := e.recipientUsers()
-	if err != nil {
-		return nil, err
-	}
-	m, specPath, err := e.bundleMachine(b)
-	if err != nil {
-		return nil, err
-	}
-	if err := b.matches(m); err != nil {
-		return nil, err
-	}
-	res := &ImportResult{Machine: m.Name, WroteMachineFile: specPath != ""}
-	mdir := e.Repo.MachinePaths(b.Machine).Dir
-	if specPath != "" {
-		if err := e.Repo.MkdirAll(mdir, 0o755); err != nil {
-			return nil, err
-		}
-		if err := e.Repo.WriteFileAtomic(specPath, []byte(b.MachineSpec), 0o644); err != nil {
-			return nil, err
-		}
-	}
-	if b.MachineKey != "" {
-		if err := e.Repo.ImportMachineKey(b.Machine, b.MachineKey, users); err != nil {
-			return nil, err
-		}
-	}
-	if res.Vars, err = e.stageBundle(b, m, users); err != nil {
-		return nil, err
-	}
-	paths := []string{e.Repo.Path("vars"), e.Repo.Path("sops"), mdir}
-	if err := e.commitGit(opts.NoCommit, paths, "vars: import %s", m.Name); err != nil {
-		return res, fmt.Errorf("vars %s: imported, but %w", m.Name, err)
-	}
-	return res, nil
-}
-
-// bundleMachine is the machine a bundle is for: this repository's, or
-// the bundle's own machine file (specPath says where to write it).
-func (e *Engine) bundleMachine(b *Bundle) (m *spec.Machine, specPath string, err error) {
-	mdir := e.Repo.MachinePaths(b.Machine).Dir
-	if e.Repo.Exists(mdir) {
-		m, err := e.Repo.Machine(b.Machine)
-		return m, "", err
-	}
-	p := filepath.Join(mdir, b.MachineFile)
-	if m, err = spec.ParseMachine(p, b.Machine, []byte(b.MachineSpec)); err != nil {
-		return nil, "", fmt.Errorf("bundle: its machine file does not load here: %w", err)
-	}
-	m.File = e.Repo.Rel(p)
-	return m, p, nil
-}
-
-// matches checks that the bundle holds exactly what m declares.
-func (b *Bundle) matches(m *spec.Machine) error {
-	for _, bg := range b.Generators {
-		g := m.Vars.Generators[bg.Name]
-		if g == nil {
-			return fmt.Errorf("bundle: generator %s is not declared by %s here", bg.Name, m.File)
-		}
-		for _, f := range bg.Files {
-			if fd := g.Files[f.Name]; fd == nil || fd.IsSecret() != f.Secret {
-				return fmt.Errorf("bundle: %s/%s does not match %s here (missing, or secret/public differs)", bg.Name, f.Name, m.File)
-			}
-		}
-		if len(bg.Files) != len(g.Files) {
-			return fmt.Errorf("bundle: generator %s has %d files, %s declares %d", bg.Name, len(bg.Files), m.File, len(g.Files))
-		}
-	}
-	return nil
-}
-
-// stageBundle re-encrypts the bundle's vars and commits them in one
-// transaction, proving first that each secret decrypts back; it returns
-// how many vars it wrote.
-func (e *Engine) stageBundle(b *Bundle, m *spec.Machine, users []string) (int, error) {
-	var sharedTo map[string][]string
-	r := &runner{e: e, users: users}
-	t := newTxn(e.Repo)
-	n := 0
-	for _, bg := range b.Generators {
-		g := m.Vars.Generators[bg.Name]
-		machines := []string{m.Name}
-		if g.Share {
-			if sharedTo == nil {
-				var err error
-				if sharedTo, err = e.sharedMachines(); err != nil {
-					t.abort()
-					return 0, err
-				}
-			}
-			machines = sharedTo[g.Name]
-			if !slices.Contains(machines, m.Name) {
-				machines = append(machines, m.Name)
-			}
-		}
-		files := map[string][]byte{}
-		for _, f := range bg.Files {
-			files[f.Name] = f.Value
-		}
-		meta := bg.Meta
-		if meta == nil {
-			meta = &Meta{Definition: g.DefinitionHash(), Generation: randomID()}
-		}
-		staging, err := t.stage(e.GeneratorDir(m.Name, g))
-		if err != nil {
-			t.abort()
-			return 0, err
-		}
-		if err := r.writeGenerator(staging, g, files, meta, machines); err != nil {
-			t.abort()
-			return 0, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
-		}
-		if bg.ValidationHash != "" {
-			e.Repo.WriteFile(filepath.Join(staging, ValidationFile), []byte(bg.ValidationHash), 0o644)
-		}
-		// Prove it: every staged secret decrypts to the bundle's value.
-		for _, f := range bg.Files {
-			n++
-			if !f.Secret {
-				continue
-			}
-			got, err := e.Repo.DecryptSecret(filepath.Join(staging, f.Name), "", e.User)
-			if err != nil || !bytes.Equal(got, f.Value) {
-				t.abort()
-				return 0, fmt.Errorf("vars %s/%s/%s: the re-encrypted var does not decrypt back to the bundle's value (%v); nothing was imported", m.Name, g.Name, f.Name, err)
-			}
-		}
-	}
-	return n, t.commit()
 }

@@ -40,7 +40,9 @@ import (
 // The journal is an instruction to move and delete directories, so it is
 // never repository content: it lives in the repository's LocalDir, outside
 // the work tree (.git/credvm, or the user's state directory), and names only
-// generator directories of the layout, relative to the root; staging and
+// directories of the layout a transaction may replace (generator
+// directories; a machine's directory and key pair, for an import),
+// relative to the root; staging and
 // old paths are derived from them and the transaction id, not read. A
 // journal that names anything else, or was not written by this user on
 // this host for this repository, is refused and never replayed. Every move
@@ -103,7 +105,7 @@ func entryFor(r *repo.Repo, target, id, history string) txnEntry {
 // marker. The content it replaces is kept in history (see history.go).
 func (t *txn) stage(target string) (string, error) {
 	r := t.repo
-	if err := r.CheckGeneratorDir(target); err != nil {
+	if err := r.CheckTxnTarget(target); err != nil {
 		return "", err
 	}
 	e := entryFor(r, target, t.id, historyPath(r, target, t.id))
@@ -278,7 +280,9 @@ func leftovers(r *repo.Repo) []string {
 			scan(r.Path("vars", "per-machine", m.Name()))
 		}
 	}
-	scan(r.Path("vars", "shared"))
+	for _, d := range []string{r.Path("vars", "shared"), r.Path("machines"), r.Path("sops", "machines"), r.Path("sops", "secrets")} {
+		scan(d)
+	}
 	return out
 }
 
@@ -366,7 +370,7 @@ func readJournal(r *repo.Repo, jp string) ([]txnEntry, error) {
 	var out []txnEntry
 	for _, je := range j.Entries {
 		target := r.Path(filepath.FromSlash(je.Target))
-		if err := r.CheckGeneratorDir(target); err != nil {
+		if err := r.CheckTxnTarget(target); err != nil {
 			return nil, refuse(err.Error())
 		}
 		e := entryFor(r, target, j.Txn, "")

@@ -193,3 +193,36 @@ func NewConfig(r *repo.Repo, m *spec.Machine) (Config, error) {
 	}
 	return Config{File: absFile, Content: string(b), Hash: ConfigHash(m), Updated: time.Now().UTC(), Files: resolve(m).Files}, nil
 }
+
+// HostPath is a file outside the repository that a VM reads: whoever
+// writes the machine file chooses it, so create and update show them.
+type HostPath struct {
+	What string `json:"what"` // "kernel", "credential API_KEY", …
+	Path string `json:"path"`
+}
+
+// HostPaths lists the files outside r a machine's VM reads: its boot
+// files, disks, shares and `file =` credentials.
+func HostPaths(r *repo.Repo, m *spec.Machine) []HostPath {
+	var out []HostPath
+	add := func(what, p string) {
+		if rel, err := filepath.Rel(r.Root, p); p != "" && (err != nil || strings.HasPrefix(rel, "..")) {
+			out = append(out, HostPath{what, p})
+		}
+	}
+	add("kernel", m.VM.Kernel)
+	add("initrd", m.VM.Initrd)
+	if m.VM.Firmware != "bios" && m.VM.Firmware != "ovmf" {
+		add("firmware", m.VM.Firmware)
+	}
+	for _, d := range m.VM.Disks {
+		add("disk", d.Image)
+	}
+	for _, s := range m.VM.Shares {
+		add("share "+s.Tag, s.Source)
+	}
+	for _, c := range m.SortedCredentials() {
+		add("credential "+c.Name, c.File)
+	}
+	return out
+}

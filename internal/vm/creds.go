@@ -4,6 +4,7 @@
 package vm
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"strings"
@@ -57,6 +58,10 @@ func Credentials(e *vars.Engine, m *spec.Machine, machineKey *sops.Identities) (
 			if err != nil {
 				return nil, fmt.Errorf("vm %s: credential %s: %w (fix the path in %s)", m.Name, c.Name, err, m.File)
 			}
+			if kind := privateKeyIn(v); kind != "" {
+				clear(v)
+				return nil, fmt.Errorf("vm %s: credential %s: %s holds %s, which no guest gets: remove the credential from %s", m.Name, c.Name, c.File, kind, m.File)
+			}
 			// A host file may hold anything; treat it as secret.
 			cr.Value, cr.Secret, cr.Source = v, true, "file "+c.File
 		default:
@@ -65,6 +70,18 @@ func Credentials(e *vars.Engine, m *spec.Machine, machineKey *sops.Identities) (
 		out = append(out, cr)
 	}
 	return out, nil
+}
+
+// privateKeyIn says what kind of private key b holds, or "": the markers
+// of age identities, PEM and OpenSSH private keys.
+func privateKeyIn(b []byte) string {
+	switch {
+	case bytes.Contains(b, []byte("AGE-SECRET-KEY-")):
+		return "an age secret key"
+	case bytes.Contains(b, []byte("PRIVATE KEY-----")):
+		return "a private key"
+	}
+	return ""
 }
 
 // Plan decides how the credentials reach this machine's guest.

@@ -44,6 +44,9 @@ type UpdateResult struct {
 	// Changed: the configuration changed, as Diff says line by line.
 	Changed bool     `json:"changed"`
 	Diff    []string `json:"diff"`
+	// HostPaths are the files outside the repository the updated
+	// configuration reads (shown when it changed).
+	HostPaths []HostPath `json:"host_paths"`
 	// Stale: the VM runs an older configuration or older vars. Restarted
 	// says it was restarted for that.
 	Stale     bool     `json:"stale"`
@@ -97,7 +100,7 @@ func updateRegistration(s StateDir) (*UpdateResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &UpdateResult{Name: s.Name, Diff: []string{}}
+	res := &UpdateResult{Name: s.Name, Diff: []string{}, HostPaths: HostPaths(r, m)}
 	if cfg.Hash == reg.Current.Hash {
 		return res, nil
 	}
