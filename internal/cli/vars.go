@@ -130,6 +130,7 @@ Inside a git work tree the changed vars are committed ("vars: update …");
 	f.BoolVar(&opts.NoCommit, "no-commit", false, "do not git-commit the changed vars")
 	f.BoolVar(&asJSON, "json", false, "print what was generated as JSON")
 	f.IntVarP(&opts.Jobs, "jobs", "j", 0, "machines generated at once (default: one per CPU, at least 2)")
+	f.BoolVar(&opts.ShowOutput, "show-output", false, "show a failing script's last output lines, scrubbed of every value it could see (by default only their number)")
 	return cmd
 }
 

@@ -20,6 +20,18 @@ type Lines struct {
 	Keep  int
 	lines []string
 	part  string
+	count int
+}
+
+// Count is the number of lines written (kept or not), the unfinished one
+// included.
+func (t *Lines) Count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if strings.TrimSpace(t.part) != "" {
+		return t.count + 1
+	}
+	return t.count
 }
 
 func (t *Lines) Write(p []byte) (int, error) {
@@ -33,6 +45,7 @@ func (t *Lines) Write(p []byte) (int, error) {
 			break
 		}
 		text = rest
+		t.count++
 		if l := strings.TrimSpace(StripANSI(line)); l != "" {
 			if len(l) > maxPartial {
 				l = l[len(l)-maxPartial:]

@@ -28,6 +28,9 @@ type GenerateOptions struct {
 	Jobs int
 	// NoCommit skips the git commit of changed vars.
 	NoCommit bool
+	// ShowOutput shows a failing script's last output lines, scrubbed of
+	// every value it could see; by default only their number is given.
+	ShowOutput bool
 }
 
 // Result says what a Generate run did for one machine.
@@ -74,7 +77,7 @@ func (e *Engine) generateLocked(ctx context.Context, machines []*spec.Machine, o
 	if err != nil {
 		return nil, err
 	}
-	r := &runner{e: e, sandbox: sandbox, bwrap: bwrap, users: users, answers: answers, noCommit: opts.NoCommit}
+	r := &runner{e: e, sandbox: sandbox, bwrap: bwrap, users: users, answers: answers, noCommit: opts.NoCommit, showOutput: opts.ShowOutput}
 	if len(p.allShared.Vars.Generators) > 0 {
 		machinesOf, err := e.sharedMachines()
 		if err != nil {

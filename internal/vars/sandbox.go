@@ -264,19 +264,3 @@ func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
 	}
 	return cmd
 }
-
-// scrub replaces every occurrence of the given secrets in text, so a
-// failing script's output can be shown without the values it produced.
-func scrub(text string, secrets [][]byte) string {
-	slices.SortFunc(secrets, func(a, b []byte) int { return len(b) - len(a) })
-	for _, s := range secrets {
-		if len(bytes.TrimSpace(s)) < 4 {
-			continue
-		}
-		text = strings.ReplaceAll(text, string(s), "[redacted]")
-		if t := strings.TrimSpace(string(s)); t != string(s) {
-			text = strings.ReplaceAll(text, t, "[redacted]")
-		}
-	}
-	return text
-}

@@ -64,7 +64,7 @@ func (r *runner) run(ctx context.Context, label, machine string, g *spec.Generat
 	case rctx.Err() == context.DeadlineExceeded:
 		return nil, fmt.Errorf("vars %s: the script timed out after %s and was killed; raise `timeout` for the generator in %s", name, g.RunTimeout(), machineFile(m))
 	case err != nil:
-		return nil, scriptFailure(name, err, scrub(strings.Join(output.Lines(), "\n"), known))
+		return nil, scriptFailure(name, err, output, r.showOutput, known)
 	case collectErr != nil:
 		return nil, fmt.Errorf("vars %s: %w; the stored vars are unchanged", name, collectErr)
 	}
@@ -106,17 +106,25 @@ func (r *runner) writeInputs(ws *workspace, label, machine string, g *spec.Gener
 	return known, nil
 }
 
-// scriptFailure is the error for a script that exited non-zero.
-func scriptFailure(name string, err error, output string) error {
+// scriptFailure is the error for a script that exited non-zero: what it
+// printed is counted, not shown — unless show, and then scrubbed of every
+// value it could see (scrub.go).
+func scriptFailure(name string, err error, output *tail.Lines, show bool, known [][]byte) error {
 	code := ""
 	var ee interface{ ExitCode() int }
 	if errors.As(err, &ee) && ee.ExitCode() >= 0 {
 		code = " with exit status " + strconv.Itoa(ee.ExitCode())
 	}
-	if output != "" {
-		output = "\n" + indent(output)
+	n := output.Count()
+	if !show || n == 0 {
+		hint := ""
+		if n > 0 {
+			hint = " (not shown: it may hold secrets; rerun with --show-output to see its last lines, scrubbed of every value the script could see)"
+		}
+		return fmt.Errorf("vars %s: the script failed%s after printing %s%s; the stored vars are unchanged", name, code, plural(n, "line", "lines"), hint)
 	}
-	return fmt.Errorf("vars %s: the script failed%s; the stored vars are unchanged. Its last output (values redacted):%s", name, code, output)
+	text := scrub(strings.Join(output.Lines(), "\n"), known)
+	return fmt.Errorf("vars %s: the script failed%s; the stored vars are unchanged. Its last output (scrubbed of the values it could see):\n%s", name, code, indent(text))
 }
 
 func machineFile(m *spec.Machine) string {

@@ -100,6 +100,8 @@ type runner struct {
 	users    []string
 	answers  map[string][]byte
 	noCommit bool
+	// showOutput shows a failing script's output, scrubbed.
+	showOutput bool
 	// pending are machine keys staged in the transaction being written
 	// (an import's): secrets are encrypted to them before they exist.
 	pending map[string]string
