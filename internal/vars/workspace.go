@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/credvm/credvm/internal/runtimedir"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -21,37 +22,14 @@ type workspace struct {
 	root, out, in, prompts, tmp, script string
 }
 
-// workspaceBase is a private (0700) directory for workspaces, on tmpfs
-// (/dev/shm) when the machine has it, so plaintext never reaches a disk.
+// workspaceBase is where workspaces are made: the user's private runtime
+// directory, on tmpfs, so plaintext never reaches a disk (runtimedir).
 func workspaceBase() (string, error) {
-	uid := strconv.Itoa(os.Getuid())
-	var candidates []string
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		candidates = append(candidates, d)
+	d, err := runtimedir.Private()
+	if err != nil {
+		return "", fmt.Errorf("no private place for a generator's plaintext: %w", err)
 	}
-	candidates = append(candidates, "/dev/shm", os.TempDir())
-	var lastErr error
-	for _, c := range candidates {
-		base := filepath.Join(c, "credvm-"+uid)
-		if err := os.Mkdir(base, 0o700); err != nil && !os.IsExist(err) {
-			lastErr = err
-			continue
-		}
-		// Refuse a base someone else prepared for us (a symlink, another
-		// owner, or open permissions in a shared /tmp).
-		fi, err := os.Lstat(base)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm() != 0o700 {
-			lastErr = fmt.Errorf("%s is not a private directory of yours (want a 0700 directory owned by uid %s)", base, uid)
-			continue
-		}
-		return base, nil
-	}
-	return "", lastErr
+	return d, nil
 }
 
 func newWorkspace() (*workspace, error) {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/credvm/credvm/internal/runtimedir"
 )
 
 // probeBIOS is a 64 KiB firmware image whose reset vector (offset 0xFFF0)
@@ -58,38 +60,53 @@ func kvmUsable() error {
 		return fmt.Errorf("cannot open /dev/kvm: %w", errors.Unwrap(err))
 	}
 	f.Close()
-	cache := probeCachePath()
-	if b, err := os.ReadFile(cache); err == nil {
-		if s := strings.TrimSpace(string(b)); s == "ok" {
+	if ok, reason, cached := readProbeCache(); cached {
+		if ok {
 			return nil
-		} else {
-			return errors.New(s)
 		}
+		return errors.New(reason)
 	}
 	err = probe("kvm")
-	result := "ok"
-	if err != nil {
-		result = err.Error()
-	}
-	if cache != "" {
-		os.MkdirAll(filepath.Dir(cache), 0o700)
-		os.WriteFile(cache, []byte(result+"\n"), 0o600)
-	}
+	writeProbeCache(err)
 	return err
 }
 
-// probeCachePath is keyed by the kernel's boot id: a reboot (or a new
-// kernel module) probes again.
-func probeCachePath() string {
+// The probe's result is cached for the boot in the user's private runtime
+// directory (runtimedir: the user's own, 0700, where no one else can plant
+// a link), keyed by the kernel's boot id: a reboot (or a new kernel
+// module) probes again. A cache that cannot be read or written is no
+// cache: the probe runs.
+func probeCacheName() string {
 	id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return ""
 	}
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir == "" {
-		dir = os.TempDir()
+	return "kvm-probe-" + strings.TrimSpace(string(id))
+}
+
+func readProbeCache() (ok bool, reason string, cached bool) {
+	name := probeCacheName()
+	if name == "" {
+		return false, "", false
 	}
-	return filepath.Join(dir, fmt.Sprintf("credvm-%d", os.Getuid()), "kvm-probe-"+strings.TrimSpace(string(id)))
+	b, err := runtimedir.ReadFile(name)
+	if err != nil {
+		return false, "", false
+	}
+	s := strings.TrimSpace(string(b))
+	return s == "ok", s, true
+}
+
+func writeProbeCache(probeErr error) {
+	name := probeCacheName()
+	if name == "" {
+		return
+	}
+	result := "ok"
+	if probeErr != nil {
+		result = probeErr.Error()
+	}
+	runtimedir.WriteFile(name, []byte(result+"\n"))
 }
 
 // probe runs the probe guest under an accelerator.
