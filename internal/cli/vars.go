@@ -95,10 +95,25 @@ with every generator that depends on one of them. Machines run in parallel
 fails, writes an undeclared file or misses a declared one — or credvm is
 killed — the stored vars stay exactly as they were.
 
-Scripts run in a sandbox without network (bubblewrap when installed, else
-Linux namespaces) with a clean environment: $out (write each declared file
+Scripts run with a clean environment: $out (write each declared file
 there), $in/<generator>/<file> (dependencies' outputs), $prompts/<name>
-(answers), and a PATH holding only the runtime_inputs and a shell.
+(answers), and a PATH holding only the runtime_inputs and a shell. The
+--sandbox modes:
+
+  bwrap       no network, read-only /usr, none of your home or the
+              repository, a PID namespace (the timeout kills all of it),
+              /tmp a tmpfs of [limits] output bytes
+  namespaces  fresh network, IPC, UTS and PID namespaces (the timeout
+              kills all of it); the host's files are visible
+  none        the clean environment only; the timeout kills the process
+              group (as root: every process of its cgroup)
+  auto        bwrap when installed, else namespaces (the default)
+
+In every mode [limits] in credvm.toml bound each file the script writes
+and its outputs together (output, default 64MiB, by RLIMIT_FSIZE), their
+number (files, 1000), its processes (processes, 512) and memory (memory,
+2GiB) — by the pids and memory cgroups as root, by RLIMIT_NPROC (no memory
+bound) otherwise. What a successful script leaves running is killed.
 
 Prompts are asked on the terminal; without one, answer them with
 --prompt GEN/NAME=@FILE (or =@- for standard input, or =VALUE — but a value

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -89,8 +91,63 @@ type Settings struct {
 	History struct {
 		Retention string `toml:"retention" json:"retention"`
 	} `toml:"history" json:"history"`
+	// Limits bound each run of a generator's script:
+	//
+	//	[limits]
+	//	output = "64MiB"    # each output file, and all of them together
+	//	files = 1000        # files in $out
+	//	processes = 512     # processes of the script at once
+	//	memory = "2GiB"     # memory of the script's processes (and tmpfs they fill)
+	Limits struct {
+		Output    string `toml:"output" json:"output"`
+		Files     int    `toml:"files" json:"files"`
+		Processes int    `toml:"processes" json:"processes"`
+		Memory    string `toml:"memory" json:"memory"`
+	} `toml:"limits" json:"limits"`
 
 	retention time.Duration
+	limits    GeneratorLimits
+}
+
+// GeneratorLimits are the parsed [limits].
+type GeneratorLimits struct {
+	Output    int64 // bytes
+	Files     int
+	Processes int
+	Memory    int64 // bytes
+}
+
+// DefaultLimits apply where credvm.toml sets none.
+var DefaultLimits = GeneratorLimits{Output: 64 << 20, Files: 1000, Processes: 512, Memory: 2 << 30}
+
+// GeneratorLimits returns the limits, defaults filled in.
+func (s *Settings) GeneratorLimits() GeneratorLimits {
+	l := s.limits
+	if l.Output == 0 {
+		l.Output = DefaultLimits.Output
+	}
+	if l.Files == 0 {
+		l.Files = DefaultLimits.Files
+	}
+	if l.Processes == 0 {
+		l.Processes = DefaultLimits.Processes
+	}
+	if l.Memory == 0 {
+		l.Memory = DefaultLimits.Memory
+	}
+	return l
+}
+
+// ParseSize reads a size: bytes, or with a unit (KiB, MiB, GiB; K, M, G).
+func ParseSize(s string) (int64, error) {
+	units := map[string]int64{"": 1, "B": 1, "K": 1 << 10, "KiB": 1 << 10, "M": 1 << 20, "MiB": 1 << 20, "G": 1 << 30, "GiB": 1 << 30}
+	num := strings.TrimRight(s, "KMGiB")
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	mul, ok := units[strings.TrimSpace(s[len(num):])]
+	if err != nil || !ok || n <= 0 {
+		return 0, fmt.Errorf("invalid size %q: write bytes or a number with KiB, MiB or GiB, such as \"64MiB\"", s)
+	}
+	return n * mul, nil
 }
 
 // Retention is the parsed [history] retention; 0 when not set.
@@ -127,6 +184,23 @@ func ParseSettings(path string, data []byte) (*Settings, error) {
 		}
 		s.retention = d
 	}
+	for key, v := range map[string]*int64{"output": &s.limits.Output, "memory": &s.limits.Memory} {
+		text := map[string]string{"output": s.Limits.Output, "memory": s.Limits.Memory}[key]
+		if text == "" {
+			continue
+		}
+		n, err := ParseSize(text)
+		if err != nil {
+			ps = append(ps, doc.problem("limits."+key, "%v", err))
+		}
+		*v = n
+	}
+	for key, v := range map[string]int{"files": s.Limits.Files, "processes": s.Limits.Processes} {
+		if v < 0 {
+			ps = append(ps, doc.problem("limits."+key, "must be a positive number, not %d", v))
+		}
+	}
+	s.limits.Files, s.limits.Processes = s.Limits.Files, s.Limits.Processes
 	if len(ps) > 0 {
 		return nil, ps
 	}

@@ -10,9 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
+
+	"github.com/credvm/credvm/internal/spec"
 )
 
 // Sandbox says how generator scripts are isolated.
@@ -205,11 +209,15 @@ type scriptCmd struct {
 	ws      *workspace
 	bin     string // the script's PATH
 	env     []string
+	limits  spec.GeneratorLimits
+	cg      *cgroupLimit // nil without cgroups
 }
 
 func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
 	shell := []string{"bash", "-euo", "pipefail", s.ws.script}
-	var cmd *exec.Cmd
+	var argv []string
+	var env []string
+	dir := ""
 	switch s.sandbox {
 	case SandboxBwrap:
 		args := []string{
@@ -228,7 +236,7 @@ func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
 			args = append(args, "--ro-bind-try", d, d)
 		}
 		args = append(args,
-			"--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+			"--proc", "/proc", "--dev", "/dev", "--size", strconv.FormatInt(s.limits.Output, 10), "--tmpfs", "/tmp",
 			"--ro-bind", s.bin, s.bin,
 			"--ro-bind", s.ws.root, s.ws.root,
 			"--bind", s.ws.out, s.ws.out,
@@ -239,18 +247,24 @@ func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
 			args = append(args, "--setenv", k, v)
 		}
 		args = append(args, "--")
-		args = append(args, shell...)
-		cmd = exec.CommandContext(ctx, s.bwrap, args...)
-		cmd.Env = []string{}
+		argv = append(append([]string{s.bwrap}, args...), shell...)
+		env = []string{}
 	default:
 		bash, _ := exec.LookPath("bash")
-		cmd = exec.CommandContext(ctx, bash, shell[1:]...)
-		cmd.Env = s.env
-		cmd.Dir = s.ws.root
+		argv = append([]string{bash}, shell[1:]...)
+		env, dir = s.env, s.ws.root
 	}
+	argv = bounded(argv, s.limits, s.cg)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env, cmd.Dir = env, dir
+	// A background job of the script that holds its output open must not
+	// keep credvm waiting once the script is gone.
+	cmd.WaitDelay = 2 * time.Second
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if s.sandbox == SandboxNamespaces {
-		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
+		// The script is the init of a PID namespace of its own: when it
+		// dies, the kernel kills everything it started, however detached.
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS | syscall.CLONE_NEWPID
 		if os.Geteuid() != 0 {
 			cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
 			cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: os.Geteuid(), HostID: os.Geteuid(), Size: 1}}
@@ -258,9 +272,11 @@ func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
 		}
 	}
 	// On timeout or cancellation kill the whole process group, not just
-	// the shell.
+	// the shell, and everything in the run's cgroups.
 	cmd.Cancel = func() error {
-		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		s.cg.killAll()
+		return err
 	}
 	return cmd
 }

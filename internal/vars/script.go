@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/credvm/credvm/internal/faultinject"
@@ -43,7 +45,10 @@ func (r *runner) run(ctx context.Context, label, machine string, g *spec.Generat
 	if r.sandbox != SandboxBwrap {
 		tmp = ws.tmp
 	}
-	sc := &scriptCmd{sandbox: r.sandbox, bwrap: r.bwrap, ws: ws, bin: bin, env: []string{
+	limits := r.e.limits()
+	cg := newCgroups(limits)
+	defer cg.remove()
+	sc := &scriptCmd{sandbox: r.sandbox, bwrap: r.bwrap, ws: ws, bin: bin, limits: limits, cg: cg, env: []string{
 		"PATH=" + bin, "out=" + ws.out, "in=" + ws.in, "prompts=" + ws.prompts,
 		"HOME=/homeless-shelter", "TMPDIR=" + tmp, "LANG=C.UTF-8",
 	}}
@@ -53,16 +58,25 @@ func (r *runner) run(ctx context.Context, label, machine string, g *spec.Generat
 	output := &tail.Lines{Keep: failureLines}
 	cmd.Stdout, cmd.Stderr = output, output
 	r.e.logf("%s: generating (sandbox: %s)", name, r.sandbox)
+	if cg != nil && len(cg.missing) > 0 {
+		r.e.logf("%s: no cgroup bound on its %s here: the cgroup controllers are not available to credvm", name, strings.Join(cg.missing, " or "))
+	}
 	start := time.Now()
 	err = cmd.Run()
+	cg.killAll() // what it left running, even after a success
 	faultinject.Point("vars.script-done")
-	files, collectErr := ws.collect(g)
+	if err == nil || rctx.Err() == nil {
+		if lerr := r.overLimit(name, err, cg, limits); lerr != nil {
+			return nil, lerr
+		}
+	}
+	files, collectErr := ws.collect(g, limits)
 	for _, v := range files {
 		known = append(known, v)
 	}
 	switch {
 	case rctx.Err() == context.DeadlineExceeded:
-		return nil, fmt.Errorf("vars %s: the script timed out after %s and was killed; raise `timeout` for the generator in %s", name, g.RunTimeout(), machineFile(m))
+		return nil, fmt.Errorf("vars %s: the script timed out after %s and was killed, with everything it started; raise `timeout` for the generator in %s", name, g.RunTimeout(), machineFile(m))
 	case err != nil:
 		return nil, scriptFailure(name, err, output, r.showOutput, known)
 	case collectErr != nil:
@@ -70,6 +84,37 @@ func (r *runner) run(ctx context.Context, label, machine string, g *spec.Generat
 	}
 	r.e.logf("%s: done in %s", name, time.Since(start).Round(time.Millisecond))
 	return files, nil
+}
+
+// overLimit names the limit a script died of, if it did: a file over the
+// output limit (SIGXFSZ from RLIMIT_FSIZE), or the memory cgroup's.
+func (r *runner) overLimit(name string, err error, cg *cgroupLimit, l spec.GeneratorLimits) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); (ok && ws.Signaled() && ws.Signal() == syscall.SIGXFSZ) || ee.ExitCode() == 128+int(syscall.SIGXFSZ) {
+			return fmt.Errorf("vars %s: the script wrote a file over the output limit of %s and was stopped ([limits] output in credvm.toml); the stored vars are unchanged", name, sizeText(l.Output))
+		}
+	}
+	if cg.pidsHit() {
+		return fmt.Errorf("vars %s: the script tried to run more than %d processes at once and was stopped ([limits] processes in credvm.toml); the stored vars are unchanged", name, l.Processes)
+	}
+	if cg.oomKilled() {
+		return fmt.Errorf("vars %s: the script used more than the memory limit of %s and was killed ([limits] memory in credvm.toml); the stored vars are unchanged", name, sizeText(l.Memory))
+	}
+	return nil
+}
+
+// sizeText writes a byte count for a message.
+func sizeText(n int64) string {
+	switch {
+	case n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // writeInputs puts the generator's dependencies and prompt answers into

@@ -76,6 +76,14 @@ func (e *Engine) GeneratorDir(machine string, g *spec.Generator) string {
 	return e.Repo.GeneratorDir(machine, g.Name, g.Share)
 }
 
+// limits are the repository's bounds for generator scripts.
+func (e *Engine) limits() spec.GeneratorLimits {
+	if e.Repo.Settings == nil {
+		return spec.DefaultLimits
+	}
+	return e.Repo.Settings.GeneratorLimits()
+}
+
 func (e *Engine) logf(format string, args ...any) {
 	if e.Log != nil {
 		fmt.Fprintf(e.Log, format+"\n", args...)

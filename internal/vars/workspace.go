@@ -72,6 +72,24 @@ func (ws *workspace) writePrompt(name string, v []byte) error {
 	return os.WriteFile(filepath.Join(ws.prompts, name), v, 0o400)
 }
 
+// checkOutputSize refuses outputs over the limits before any is read:
+// too many files, or more bytes than the output limit altogether.
+func checkOutputSize(g *spec.Generator, entries []os.DirEntry, l spec.GeneratorLimits) error {
+	if len(entries) > l.Files {
+		return fmt.Errorf("the script wrote %d files to $out, over the limit of %d ([limits] files in credvm.toml)", len(entries), l.Files)
+	}
+	var total int64
+	for _, e := range entries {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			total += fi.Size()
+		}
+	}
+	if total > l.Output {
+		return fmt.Errorf("the script wrote %d bytes to $out, over the output limit of %s ([limits] output in credvm.toml)", total, sizeText(l.Output))
+	}
+	return nil
+}
+
 // outputProblem is one way a script's $out differs from the generator's
 // declaration.
 type outputProblem struct {
@@ -101,9 +119,12 @@ func (p outputProblem) message(gen string) string {
 // collect reads the script's outputs and checks them against the
 // declaration: every declared file present and a regular file (a symlink
 // could point anywhere on the host), nothing undeclared.
-func (ws *workspace) collect(g *spec.Generator) (map[string][]byte, error) {
+func (ws *workspace) collect(g *spec.Generator, l spec.GeneratorLimits) (map[string][]byte, error) {
 	entries, err := os.ReadDir(ws.out)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkOutputSize(g, entries, l); err != nil {
 		return nil, err
 	}
 	files := map[string][]byte{}
