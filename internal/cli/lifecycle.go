@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/vm"
 )
 
@@ -98,22 +99,31 @@ func (g *globals) printUpdate(res *vm.UpdateResult, restart bool) {
 }
 
 func newDestroyCmd(g *globals) *cobra.Command {
-	var purge bool
+	var purge, yes bool
 	var timeout time.Duration
 	cmd := g.newVMCmd("destroy NAME", "Stop a VM and remove its state; its vars stay in the repository unless --purge-vars", func(s vm.StateDir) error {
-		res, err := vm.Destroy(s, vm.DestroyOptions{PurgeVars: purge, ShutdownTimeout: timeout})
+		var res *vm.DestroyResult
+		err := g.confirmed(func(accepted []*repo.ConfirmationError) error {
+			var err error
+			res, err = vm.Destroy(s, vm.DestroyOptions{PurgeVars: purge, ConfirmPurge: yes || accepts(accepted, vm.PurgeConfirm) != nil, ShutdownTimeout: timeout})
+			return err
+		})
 		if res == nil {
 			return err
 		}
 		if res.Removed {
 			fmt.Fprintf(g.stdout, "%s: destroyed (state %s removed)\n", res.Name, res.StatePath)
 		}
-		if len(res.Purged) > 0 {
-			fmt.Fprintf(g.stdout, "%s: removed its vars and machine key (%s)\n", res.Name, strings.Join(res.Purged, ", "))
+		switch {
+		case len(res.Purged) > 0:
+			fmt.Fprintf(g.stdout, "%s: removed its vars, their history and its machine key (%s)\n", res.Name, strings.Join(res.Purged, ", "))
+		case purge && err == nil:
+			fmt.Fprintf(g.stdout, "%s: no vars or machine key to remove\n", res.Name)
 		}
 		return err
 	})
-	cmd.Flags().BoolVar(&purge, "purge-vars", false, "also delete the machine's vars and age key from the repository (committed in git)")
+	cmd.Flags().BoolVar(&purge, "purge-vars", false, "also delete the machine's vars, their history and its age key from the repository (committed in git; asks first)")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "with --purge-vars: do not ask (needed without a terminal)")
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", 0, "how long the guest gets to power off (default: the timeout it was started with)")
 	return cmd
 }

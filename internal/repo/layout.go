@@ -1,9 +1,7 @@
 package repo
 
 import (
-	"errors"
 	"fmt"
-	"os"
 	"path"
 	"path/filepath"
 	"strings"
@@ -69,34 +67,6 @@ func (r *Repo) MachinePaths(m string) MachinePaths {
 	return MachinePaths{Dir: abs(p.Dir), Vars: abs(p.Vars), History: abs(p.History), PublicKey: abs(p.PublicKey), PrivateKey: abs(p.PrivateKey)}
 }
 
-// PurgeVars removes a machine's vars and its key pair — not its machine
-// file — under the repository lock, and commits the removal in git. It
-// returns the paths it removed, relative to the root.
-func (r *Repo) PurgeVars(machine string) ([]string, error) {
-	l, err := r.Lock(nil)
-	if err != nil {
-		return nil, err
-	}
-	defer l.Release()
-	p := r.MachinePaths(machine)
-	var removed []string
-	for _, abs := range []string{p.Vars, p.PublicKey, p.PrivateKey} {
-		if _, err := r.Lstat(abs); errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err := r.RemoveAll(abs); err != nil {
-			return removed, fmt.Errorf("purge %s: %w", machine, err)
-		}
-		removed = append(removed, r.Rel(abs))
-	}
-	if len(removed) > 0 && r.InGit() {
-		if err := r.Commit(removed, "vars: purge "+machine); err != nil {
-			return removed, err
-		}
-	}
-	return removed, nil
-}
-
 // CheckGeneratorDir checks that p — absolute in the repository, or
 // relative to its root — is a generator directory of the layout:
 // vars/per-machine/<machine>/<generator> or vars/shared/<generator>, each
@@ -110,9 +80,10 @@ func (r *Repo) CheckGeneratorDir(p string) error {
 	return checkGeneratorDir(rel)
 }
 
-// CheckTxnTarget checks that p is a directory a transaction may replace:
-// a generator directory, or a machine's own directory, public key or
-// private key (machines/<m>, sops/machines/<m>, sops/secrets/<m>-age.key).
+// CheckTxnTarget checks that p is a path a transaction may replace or
+// remove: a generator directory, or one of a machine's own paths
+// (machines/<m>, vars/per-machine/<m>, vars-history/per-machine/<m>,
+// sops/machines/<m>, sops/secrets/<m>-age.key).
 func (r *Repo) CheckTxnTarget(p string) error {
 	rel, err := r.rel(p)
 	if err != nil {
@@ -122,6 +93,8 @@ func (r *Repo) CheckTxnTarget(p string) error {
 	switch {
 	case len(parts) == 2 && parts[0] == "machines":
 		return spec.CheckMachineName(parts[1])
+	case len(parts) == 3 && (parts[0] == "vars" || parts[0] == HistoryDir) && parts[1] == "per-machine":
+		return spec.CheckMachineName(parts[2])
 	case len(parts) == 3 && parts[0] == "sops" && parts[1] == "machines":
 		return spec.CheckMachineName(parts[2])
 	case len(parts) == 3 && parts[0] == "sops" && parts[1] == "secrets" && strings.HasSuffix(parts[2], "-age.key"):

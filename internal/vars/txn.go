@@ -71,11 +71,15 @@ type journalEntry struct {
 	// History is where the replaced content is kept (for rollback),
 	// relative to the root; "" discards it.
 	History string `json:"history,omitempty"`
+	// Remove: the target is deleted, not replaced (a purge).
+	Remove bool `json:"remove,omitempty"`
 }
 
-// txnEntry is one replaced directory, with every path absolute.
+// txnEntry is one replaced (or removed) directory, with every path
+// absolute.
 type txnEntry struct {
 	Target, Staging, Old, History string
+	Remove                        bool
 }
 
 type txn struct {
@@ -123,10 +127,24 @@ func (t *txn) stage(target string) (string, error) {
 	return e.Staging, nil
 }
 
+// remove schedules target's deletion: at commit it is moved aside, then
+// deleted, with no history kept.
+func (t *txn) remove(target string) error {
+	if err := t.repo.CheckTxnTarget(target); err != nil {
+		return err
+	}
+	e := entryFor(t.repo, target, t.id, "")
+	e.Remove = true
+	t.entries = append(t.entries, e)
+	return nil
+}
+
 // abort removes every staging directory; the targets were never touched.
 func (t *txn) abort() {
 	for _, e := range t.entries {
-		t.repo.RemoveAll(e.Staging)
+		if !e.Remove {
+			t.repo.RemoveAll(e.Staging)
+		}
 	}
 	t.entries = nil
 }
@@ -148,7 +166,7 @@ func (t *txn) commit() error {
 	}
 	j := journal{Format: journalFormat, Repo: t.repo.Root, UID: os.Geteuid(), Host: hostname(), Txn: t.id}
 	for _, e := range t.entries {
-		je := journalEntry{Target: t.repo.Rel(e.Target)}
+		je := journalEntry{Target: t.repo.Rel(e.Target), Remove: e.Remove}
 		if e.History != "" {
 			je.History = t.repo.Rel(e.History)
 		}
@@ -203,6 +221,12 @@ func rollForward(r *repo.Repo, journalPath string, entries []txnEntry) error {
 // exchange puts the staged directory in place of the target, if that has
 // not happened yet.
 func exchange(r *repo.Repo, e txnEntry) error {
+	if e.Remove {
+		if _, err := r.Lstat(e.Target); errors.Is(err, os.ErrNotExist) {
+			return nil // moved aside already
+		}
+		return r.Rename(e.Target, e.Old)
+	}
 	if !hasMarker(r, e.Staging) {
 		// Already exchanged: the staging path holds the old content, or
 		// nothing if the target was new. Finish a fallback move if needed.
@@ -236,10 +260,13 @@ func hasMarker(r *repo.Repo, dir string) bool {
 // directories sit next to their targets, in the repository), or, where
 // that fails, an fsync of every file and directory.
 func syncStaged(r *repo.Repo, entries []txnEntry) error {
-	if err := r.Syncfs(entries[0].Staging); err == nil {
+	if err := r.Syncfs(r.Root); err == nil {
 		return nil
 	}
 	for _, e := range entries {
+		if e.Remove {
+			continue
+		}
 		err := r.WalkDir(e.Staging, func(p string, d os.DirEntry, err error) error {
 			if err != nil || d.Type()&os.ModeSymlink != 0 {
 				return err
@@ -374,7 +401,8 @@ func readJournal(r *repo.Repo, jp string) ([]txnEntry, error) {
 			return nil, refuse(err.Error())
 		}
 		e := entryFor(r, target, j.Txn, "")
-		if je.History != "" {
+		e.Remove = je.Remove
+		if je.History != "" && !je.Remove {
 			want := historyPath(r, target, j.Txn)
 			h := r.Path(filepath.FromSlash(je.History))
 			if filepath.Dir(h) != filepath.Dir(want) || !strings.HasSuffix(h, "-"+j.Txn) {

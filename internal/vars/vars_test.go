@@ -33,10 +33,25 @@ import (
 // test binary runs one Generate and exits, so crash tests can kill a real
 // process at a fault point.
 func TestMain(m *testing.M) {
-	if os.Getenv("CREDVM_TEST_HELPER") == "generate" {
+	switch os.Getenv("CREDVM_TEST_HELPER") {
+	case "generate":
 		os.Exit(helperGenerate())
+	case "purge":
+		os.Exit(helperPurge())
 	}
 	os.Exit(m.Run())
+}
+
+func helperPurge() int {
+	r, err := repo.Open(os.Getenv("CREDVM_TEST_REPO"))
+	if err == nil {
+		_, err = Purge(r, os.Getenv("CREDVM_TEST_MACHINE"))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }
 
 func helperGenerate() int {
@@ -886,6 +901,73 @@ func TestForgedJournal(t *testing.T) {
 			}
 			if got := f.get("vm1", "a", "key"); got == "" {
 				t.Error("the vars are gone")
+			}
+		})
+	}
+}
+
+// Purge removes a machine's vars, history and key pair together: killed
+// before its journal, nothing is gone; after, recovery finishes it.
+func TestPurge(t *testing.T) {
+	for _, tc := range []struct {
+		point   string
+		removed bool
+	}{
+		{"", true},
+		{"vars.staged", false},
+		{"vars.journaled", true},
+		{"vars.swapped-first", true},
+		{"vars.swapped-all", true},
+	} {
+		t.Run("kill at "+tc.point, func(t *testing.T) {
+			if tc.point != "" && !faultinject.Enabled {
+				t.Skip("fault points need -tags faultinject")
+			}
+			f := newRepo(t, map[string]string{"vm1": twoGens, "vm2": twoGens})
+			if err := f.generate(GenerateOptions{}, "vm1", "vm2"); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.generate(GenerateOptions{Regenerate: true}, "vm1"); err != nil {
+				t.Fatal(err)
+			}
+			r := f.e.Repo
+			if _, err := r.EnsureMachineKey("vm1"); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"vars/per-machine/vm1", "vars-history/per-machine/vm1", "sops/machines/vm1", "sops/secrets/vm1-age.key"}
+			if got := PurgePaths(r, "vm1"); !slices.Equal(got, want) {
+				t.Fatalf("PurgePaths = %v, want %v", got, want)
+			}
+			before := f.snapshot()
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), "CREDVM_TEST_HELPER=purge", "CREDVM_TEST_REPO="+f.dir, "CREDVM_TEST_MACHINE=vm1")
+			if tc.point != "" {
+				cmd.Env = append(cmd.Env, faultinject.Env+"="+tc.point)
+			}
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			switch {
+			case tc.point == "" && err != nil:
+				t.Fatalf("purge: %v\n%s", err, out)
+			case tc.point != "" && (!errors.As(err, &ee) || ee.ExitCode() != -1):
+				t.Fatalf("purge was not killed at %s: %v\n%s", tc.point, err, out)
+			}
+			if err := Recover(r); err != nil {
+				t.Fatal(err)
+			}
+			if tc.removed {
+				if got := PurgePaths(r, "vm1"); len(got) != 0 {
+					t.Errorf("left %v", got)
+				}
+			} else if f.snapshot() != before {
+				t.Errorf("killed before the journal, the repository changed")
+			}
+			noLeftovers(t, f.dir)
+			if _, err := os.Stat(filepath.Join(f.dir, "machines", "vm1", "machine.toml")); err != nil {
+				t.Errorf("the machine file went too: %v", err)
+			}
+			if f.get("vm2", "a", "key") == "" {
+				t.Errorf("vm2's vars went too")
 			}
 		})
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
 )
 
 // Create registers a machine of a repository as a VM.
@@ -114,9 +115,12 @@ type DestroyOptions struct {
 	// ShutdownTimeout bounds the power-off of a running VM (0: the one it
 	// was started with).
 	ShutdownTimeout time.Duration
-	// PurgeVars also deletes the machine's vars and key pair from its
-	// repository (committed in git).
+	// PurgeVars also deletes the machine's vars, their history and its
+	// key pair from its repository (committed in git).
 	PurgeVars bool
+	// ConfirmPurge accepts that: without it Destroy changes nothing and
+	// returns a *repo.ConfirmationError listing what would go.
+	ConfirmPurge bool
 }
 
 // DestroyResult says what Destroy did.
@@ -131,12 +135,31 @@ type DestroyResult struct {
 	Purged []string `json:"purged"`
 }
 
+// PurgeConfirm is the ConfirmationError kind of destroy --purge-vars.
+const PurgeConfirm = "purge-vars"
+
 // Destroy stops a VM if it runs and removes its state directory; with
-// PurgeVars, its vars and key too.
+// PurgeVars, its vars, their history and its key too — once confirmed,
+// and asked before anything is done.
 func Destroy(s StateDir, o DestroyOptions) (*DestroyResult, error) {
 	reg, err := s.Registration()
 	if err != nil {
 		return nil, err
+	}
+	var r *repo.Repo
+	if o.PurgeVars {
+		if r, err = repo.Open(reg.Repo); err != nil {
+			return nil, fmt.Errorf("vm %s: its repository cannot be opened to purge its vars (nothing was changed): %w", s.Name, err)
+		}
+		if paths := vars.PurgePaths(r, s.Name); len(paths) > 0 && !o.ConfirmPurge {
+			return nil, &repo.ConfirmationError{
+				Op:      "destroy " + s.Name + " --purge-vars",
+				Why:     "this deletes its vars, their history and its machine key for good (committed in git)",
+				Changes: prefixed("remove ", paths),
+				Flag:    "--yes",
+				Kind:    PurgeConfirm,
+			}
+		}
 	}
 	res := &DestroyResult{Name: s.Name, StatePath: s.Path(), Purged: []string{}}
 	if running, _ := s.Running(); running {
@@ -152,12 +175,20 @@ func Destroy(s StateDir, o DestroyOptions) (*DestroyResult, error) {
 	if !o.PurgeVars {
 		return res, nil
 	}
-	r, err := repo.Open(reg.Repo)
-	if err != nil {
-		return res, fmt.Errorf("vm %s: state removed, but its repository cannot be opened to purge its vars: %w", s.Name, err)
+	res.Purged, err = vars.Purge(r, s.Name)
+	if res.Purged == nil {
+		res.Purged = []string{}
 	}
-	res.Purged, err = r.PurgeVars(s.Name)
 	return res, err
+}
+
+// prefixed puts prefix before each of items.
+func prefixed(prefix string, items []string) []string {
+	out := make([]string, len(items))
+	for i, it := range items {
+		out[i] = prefix + it
+	}
+	return out
 }
 
 // stateFiles are the files credvm puts in a state directory.
