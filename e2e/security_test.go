@@ -184,7 +184,10 @@ var = "canary/value"
 	}
 	// Files: the state directory, the repository (every file, sops files
 	// included), the key and the bundle, temporary directories, /dev/shm.
-	roots := []string{r.state, r.dir, bundle, archive, os.TempDir(), "/dev/shm"}
+	// credvm's per-repository directory (journals) is outside the work
+	// tree, under $XDG_STATE_HOME (issue 12).
+	local := r.localDir()
+	roots := []string{r.state, r.dir, local, bundle, archive, os.TempDir(), "/dev/shm"}
 	for _, root := range roots {
 		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil || !d.Type().IsRegular() || p == answer || strings.HasSuffix(p, "key.txt") {
@@ -226,9 +229,9 @@ var = "canary/value"
 		filepath.Join(r.state, "leak", "console.log"):    0o600,
 		filepath.Join(r.state, "leak", "run.lock"):       0o600,
 		filepath.Join(r.state, "leak", "supervisor.log"): 0o600,
-		filepath.Join(r.dir, ".credvm"):                  0o700,
-		bundle:                                           0o600,
-		archive:                                          0o600,
+		local:   0o700,
+		bundle:  0o600,
+		archive: 0o600,
 	} {
 		if got := mode(p); got != want {
 			t.Errorf("%s is %v, want %v", p, got, want)
@@ -299,4 +302,21 @@ func TestConcurrentListAndUpdate(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(r.state, "cc", ".vm.json.tmp-*")); len(left) > 0 {
 		t.Errorf("temporary files left: %v", left)
 	}
+}
+
+// localDir is credvm's directory for the rig's repository: the one
+// $XDG_STATE_HOME/credvm/repos/<hash> there is.
+func (r *repo) localDir() string {
+	r.t.Helper()
+	for _, kv := range r.env {
+		if v, ok := strings.CutPrefix(kv, "XDG_STATE_HOME="); ok {
+			dirs, _ := filepath.Glob(filepath.Join(v, "credvm", "repos", "*"))
+			if len(dirs) != 1 {
+				r.t.Fatalf("credvm's directory for the repository: found %v under %s", dirs, v)
+			}
+			return dirs[0]
+		}
+	}
+	r.t.Fatal("no XDG_STATE_HOME in the rig's environment")
+	return ""
 }
