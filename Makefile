@@ -27,10 +27,13 @@ tools: $(TOOLS)/sops
 $(TOOLS)/sops:
 	GOBIN=$(TOOLS) $(GO) install github.com/getsops/sops/v3/cmd/sops@$(SOPS_VERSION)
 
-# Guest images from Debian packages: a kernel (apt-get download), a fast
-# initramfs guest, and a systemd guest (debootstrap). Cached in .cache/images.
-images: deps
-	scripts/build-images $(IMAGES)
+# Guest images from Debian packages (credvm image: a kernel fetched with
+# apt-get download, a debootstrapped systemd root packed as an initramfs,
+# the user's guest initrd.img). Cached in .cache/images; debootstrap needs
+# root, hence sudo for other users.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+images: deps build
+	$(SUDO) $(BIN)/credvm image --dir $(IMAGES)
 
 demo: deps build images
 	$(BIN)/credvm demo --images $(IMAGES)

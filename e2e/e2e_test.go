@@ -4,7 +4,7 @@
 // whole, and from the host that no secret touched QEMU's command line,
 // its environment or the VM's state directory.
 //
-// Two guests, from scripts/build-images: the fast guest (credvm as PID 1
+// Two guests, from make images (credvm image): the fast guest (credvm as PID 1
 // of an initramfs; it reads SMBIOS with one read() as systemd 252 does)
 // boots in about 3 s; the systemd guest (Debian bookworm, systemd 252)
 // in about 15 s.
@@ -35,6 +35,7 @@ var (
 	credvmBin   string // static credvm built for these tests
 	fastInitrd  string
 	systemdImg  string
+	userImg     string // the user's guest, as credvm image assembles it
 	kernel      string
 	setupFailed string
 )
@@ -83,6 +84,10 @@ func setup() string {
 		return err.Error()
 	}
 	if err := im.SystemdInitrd(credvmBin, systemdImg); err != nil {
+		return err.Error()
+	}
+	userImg = filepath.Join(tmp, "initrd.img")
+	if err := im.UserInitrd(credvmBin, "", userImg); err != nil {
 		return err.Error()
 	}
 	kernel = im.Kernel()

@@ -39,7 +39,7 @@ everything).`,
 			return demo.Run(ctx, o)
 		},
 	}
-	cmd.Flags().StringVar(&o.Images, "images", os.Getenv("CREDVM_IMAGES"), "directory of guest images from scripts/build-images (default $CREDVM_IMAGES, else .cache/images)")
+	cmd.Flags().StringVar(&o.Images, "images", os.Getenv("CREDVM_IMAGES"), "directory of guest images from make images (credvm image) (default $CREDVM_IMAGES, else .cache/images)")
 	cmd.Flags().BoolVar(&o.Keep, "keep", false, "keep the temporary directory (repository, state, console log)")
 	return cmd
 }

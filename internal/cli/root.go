@@ -100,7 +100,7 @@ vars/), or named with --repo or $CREDVM_REPO.`,
 	root.AddCommand(newVarsCmd(g), newGuestCmd(g), newRunCmd(g), newCredsCmd(g), newDemoCmd(g),
 		newCreateCmd(g), newUpdateCmd(g), newDestroyCmd(g), newStartCmd(g), newStopCmd(g), newRestartCmd(g),
 		newStatusCmd(g), newListCmd(g), newLogsCmd(g), newMicrovmCmd(g), newSystemdCmd(g), newRotateCmd(g),
-		newCloneCmd(g), newBackupCmd(g), newRestoreCmd(g))
+		newCloneCmd(g), newBackupCmd(g), newRestoreCmd(g), newImageCmd(g), newInitCmd(g))
 	return root
 }
 

@@ -33,7 +33,7 @@ import (
 
 // Options configure a demo run.
 type Options struct {
-	// Images is the directory scripts/build-images filled.
+	// Images is the directory make images (credvm image) filled.
 	Images string
 	// Keep keeps the temporary directory.
 	Keep bool

@@ -1,13 +1,20 @@
-// Package guestimage assembles the initramfs images of credvm's test and
-// demo guests from the parts scripts/build-images caches (a Debian kernel,
-// its qemu_fw_cfg module, a debootstrapped systemd root packed as cpio) and
-// the credvm binary being tested, which changes with every build and so is
-// added at boot time: Linux unpacks concatenated cpio archives in order, so
-// appending a small archive to the cached base overlays it.
+// Package guestimage builds and assembles credvm's guests from Debian
+// packages: a Debian cloud kernel (apt-get download, never installed) with
+// the modules a microVM needs, and a debootstrapped systemd root packed as
+// an initramfs (Build, `credvm image`, `make images`).
+//
+// Three guests share that base. The user's guest (initrd.img, UserInitrd)
+// stays up, shows the credentials that arrived and logs root in on the
+// serial console. The test and demo guest (SystemdInitrd) reports through
+// an example service and powers off. The fast test guest (FastInitrd) is a
+// single static program. credvm itself changes with every build, so it is
+// added when a guest is assembled: Linux unpacks concatenated cpio
+// archives in order, and a small archive appended to the base overlays it.
 package guestimage
 
 import (
 	"bytes"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
@@ -15,11 +22,25 @@ import (
 	"path/filepath"
 )
 
-// Images is a directory built by scripts/build-images.
+// DefaultDir is where `credvm image` puts the user's guest unless told
+// otherwise: building needs root, and the files are read by every user's
+// VMs (mode 0644; nothing secret is in them).
+const DefaultDir = "/var/cache/credvm/images"
+
+// Cmdline is the kernel command line the guests need: the console on the
+// serial port credvm logs (the initramfs's /init is systemd).
+const Cmdline = "console=ttyS0"
+
+// Images is a directory Build filled.
 type Images struct{ Dir string }
 
 // Kernel is the guest kernel.
 func (im Images) Kernel() string { return filepath.Join(im.Dir, "vmlinuz") }
+
+// Initrd is the user's guest (UserInitrd).
+func (im Images) Initrd() string { return filepath.Join(im.Dir, "initrd.img") }
+
+func (im Images) base() string { return filepath.Join(im.Dir, "systemd-base.cpio") }
 
 // Check reports what is missing, with the command that builds it.
 func (im Images) Check(systemd bool) error {
@@ -29,7 +50,7 @@ func (im Images) Check(systemd bool) error {
 	}
 	for _, n := range need {
 		if _, err := os.Stat(filepath.Join(im.Dir, n)); err != nil {
-			return fmt.Errorf("guest image %s is missing in %s: run `make images` (or scripts/build-images %s)", n, im.Dir, im.Dir)
+			return fmt.Errorf("guest image %s is missing in %s: run `make images` (or credvm image --dir %s)", n, im.Dir, im.Dir)
 		}
 	}
 	return nil
@@ -60,65 +81,76 @@ func (im Images) FastInitrd(init, out string) error {
 	return os.WriteFile(out, buf.Bytes(), 0o644)
 }
 
-// SystemdInitrd writes the systemd guest: the cached base root with credvm
-// appended as /usr/local/bin/credvm.
+// SystemdInitrd writes the test and demo guest: the base root, its units
+// (report, then power off) and credvmStatic as /usr/local/bin/credvm.
 func (im Images) SystemdInitrd(credvmStatic, out string) error {
+	return im.assemble(out, credvmStatic, "", testOverlay)
+}
+
+// UserInitrd writes the user's guest: the base root, its units (report
+// and stay up; root on the serial console), the files of overlayDir if
+// not "" (the user's own units and programs, copied over the root), and
+// credvmStatic.
+func (im Images) UserInitrd(credvmStatic, overlayDir, out string) error {
+	return im.assemble(out, credvmStatic, overlayDir, userOverlay)
+}
+
+// assemble writes base + units + the user's overlay + credvm to out,
+// through a temporary file renamed into place: a VM booting the old image
+// never reads a half-written one.
+func (im Images) assemble(out, credvmStatic, overlayDir string, units func(*cpio)) error {
+	if err := checkStatic(credvmStatic); err != nil {
+		return err
+	}
 	bin, err := os.ReadFile(credvmStatic)
 	if err != nil {
 		return err
 	}
-	base, err := os.Open(filepath.Join(im.Dir, "systemd-base.cpio"))
+	base, err := os.Open(im.base())
 	if err != nil {
 		return err
 	}
 	defer base.Close()
-	f, err := os.Create(out)
+	tmp := out + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
+	defer os.Remove(tmp)
 	if _, err := io.Copy(f, base); err != nil {
 		f.Close()
 		return err
 	}
 	w := newCpio(f)
+	units(w)
+	if overlayDir != "" {
+		if err := w.tree(overlayDir); err != nil {
+			f.Close()
+			return fmt.Errorf("overlay %s: %w", overlayDir, err)
+		}
+	}
+	w.dir("usr")
+	w.dir("usr/local")
 	w.dir("usr/local/bin")
 	w.file("usr/local/bin/credvm", 0o755, bin)
-	return errors.Join(w.close(), f.Close())
+	if err := errors.Join(w.close(), f.Close()); err != nil {
+		return err
+	}
+	return os.Rename(tmp, out)
 }
 
-// cpio writes the "newc" format the kernel's initramfs unpacker reads.
-type cpio struct {
-	w   io.Writer
-	ino int
-	err error
-}
-
-func newCpio(w io.Writer) *cpio { return &cpio{w: w, ino: 1} }
-
-func (c *cpio) entry(name string, mode uint32, data []byte) {
-	if c.err != nil {
-		return
+// checkStatic refuses a dynamically linked credvm: the guest's libc is not
+// the host's.
+func checkStatic(bin string) error {
+	f, err := elf.Open(bin)
+	if err != nil {
+		return fmt.Errorf("%s: %w", bin, err)
 	}
-	c.ino++
-	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		c.ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
-	var b bytes.Buffer
-	b.WriteString(hdr)
-	b.WriteString(name)
-	b.WriteByte(0)
-	for b.Len()%4 != 0 {
-		b.WriteByte(0)
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked and would not run in the guest: build it with CGO_ENABLED=0 (make build)", bin)
+		}
 	}
-	b.Write(data)
-	for b.Len()%4 != 0 {
-		b.WriteByte(0)
-	}
-	_, c.err = c.w.Write(b.Bytes())
-}
-
-func (c *cpio) dir(name string)                         { c.entry(name, 0o040755, nil) }
-func (c *cpio) file(name string, perm uint32, b []byte) { c.entry(name, 0o100000|perm, b) }
-func (c *cpio) close() error {
-	c.entry("TRAILER!!!", 0, nil)
-	return c.err
+	return nil
 }

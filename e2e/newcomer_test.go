@@ -1,0 +1,63 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestNewcomer follows the README's first steps with the guest credvm
+// image builds: credvm init, keygen, generate, create, start — and the
+// guest stays up, lists its three credentials on the console, logs root in
+// on the serial console, and powers off gracefully at credvm stop.
+func TestNewcomer(t *testing.T) {
+	needGuests(t)
+	r := newRepo(t)
+	images := t.TempDir()
+	os.Symlink(kernel, filepath.Join(images, "vmlinuz"))
+	os.Symlink(userImg, filepath.Join(images, "initrd.img"))
+	dir := filepath.Join(t.TempDir(), "mine")
+	out := r.credvm("init", dir, "--images", images)
+	for _, want := range []string{"created a credvm repository in " + dir, "machines/my-vm/machine.toml", "credvm vars generate my-vm"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("init output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "not built yet") {
+		t.Errorf("init says the image is missing:\n%s", out)
+	}
+	r.dir = dir
+	for i, kv := range r.env {
+		if strings.HasPrefix(kv, "CREDVM_REPO=") {
+			r.env[i] = "CREDVM_REPO=" + dir
+		}
+	}
+	r.credvm("vars", "keygen")
+	r.credvm("vars", "generate", "my-vm")
+	r.credvm("create", "my-vm", "--state-dir", r.state)
+	r.credvm("start", "my-vm", "--state-dir", r.state)
+	t.Cleanup(func() { r.credvmErr("stop", "my-vm", "--state-dir", r.state, "--shutdown-timeout", "1s") })
+
+	console := r.waitConsole(t, "my-vm", "(automatic login)", 1)
+	for _, want := range []string{"API_KEY", "APP_USER", "ENVIRONMENT", "verify ok: 3 credentials match the manifest"} {
+		if !strings.Contains(console, want) {
+			t.Errorf("the console lacks %q:\n%s", want, lastLines(console, 30))
+		}
+	}
+	time.Sleep(3 * time.Second) // the demo guest would be powering off by now
+	if got := r.list(t)["my-vm"]; !strings.HasPrefix(got, "current|true|") {
+		t.Fatalf("after boot the guest is %s, want running", got)
+	}
+	out = r.credvm("stop", "my-vm", "--state-dir", r.state)
+	if !strings.Contains(out, "my-vm: stopped") {
+		t.Errorf("stop: %s", out)
+	}
+	if console := r.waitConsole(t, "my-vm", "reboot: Power down", 1); !strings.Contains(console, "systemd-shutdown") {
+		t.Errorf("not a graceful power-off:\n%s", lastLines(console, 10))
+	}
+	if st := r.credvm("status", "my-vm", "--state-dir", r.state); !strings.Contains(st, "exit status 0") {
+		t.Errorf("status after stop:\n%s", st)
+	}
+}
