@@ -55,7 +55,7 @@ func TestCpioTreeMatchesCpioTool(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		path, content, link string
-		mode               os.FileMode
+		mode                os.FileMode
 	}{
 		{path: "etc/hostname", content: "guest\n", mode: 0o644},
 		{path: "odd", content: "abc", mode: 0o640},
