@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -70,6 +71,11 @@ func TestScript(t *testing.T) {
 				return os.Getenv("CREDVM_TEST_STRICT") == "1" || testenv.LookTool("sops") != "", nil
 			case "root":
 				return os.Geteuid() == 0, nil
+			case "qemu":
+				// Strict runs (make test) have QEMU: a missing one fails
+				// the scenario instead of skipping it.
+				_, err := exec.LookPath("qemu-system-x86_64")
+				return err == nil || os.Getenv("CREDVM_TEST_STRICT") == "1", nil
 			case "fixtures":
 				_, err := os.Stat(filepath.Join(testenv.Root(), "..", "shared", "fixtures"))
 				return err == nil || os.Getenv("CREDVM_TEST_STRICT") == "1", nil

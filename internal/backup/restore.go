@@ -16,6 +16,7 @@ import (
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vm"
+	"github.com/credvm/credvm/internal/words"
 )
 
 // A backup is input, not instructions: it may come from anyone who could
@@ -247,19 +248,12 @@ func restore(man *Manifest, files map[string][]byte, o RestoreOptions) (*Restore
 	}
 	if others > 0 && !o.AcceptRecipients {
 		return res, &repo.ConfirmationError{Op: "restore", Changes: res.Changes, Flag: "--accept-recipients", Kind: AcceptUsers,
-			Why: fmt.Sprintf("the backup would add %s to this repository's users", plural(others, "user", "users"))}
+			Why: fmt.Sprintf("the backup would add %s to this repository's users", words.Plural(others, "user", "users"))}
 	}
 	if err := writeTrees(r, man, files, o.Force); err != nil {
 		return res, err
 	}
 	return res, restoreRegistrations(r, man, files, o.StateRoot)
-}
-
-func plural(n int, one, many string) string {
-	if n == 1 {
-		return "1 " + one
-	}
-	return fmt.Sprintf("%d %s", n, many)
 }
 
 // newUsers lists the backup's users this repository does not have.

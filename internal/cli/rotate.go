@@ -14,6 +14,7 @@ import (
 	"github.com/credvm/credvm/internal/indent"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/vm"
+	"github.com/credvm/credvm/internal/words"
 )
 
 func newRotateCmd(g *globals) *cobra.Command {
@@ -106,7 +107,7 @@ func (g *globals) rotate(o vm.RotateOptions, dryRun bool) error {
 }
 
 func printRotationPlan(w io.Writer, rot *vm.Rotation) {
-	fmt.Fprintf(w, "rotation plan: %s, one at a time\n", plural(len(rot.Steps), "VM", "VMs"))
+	fmt.Fprintf(w, "rotation plan: %s, one at a time\n", words.Plural(len(rot.Steps), "VM", "VMs"))
 	for i, s := range rot.Steps {
 		restart := "not running: new secrets at its next start"
 		if s.Running {

@@ -56,7 +56,11 @@ passes one (LoadCredentialEncrypted=age-key:…).`,
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			res, err := vm.Run(ctx, o)
-			if err == nil && res.ExitCode != 0 {
+			var early *vm.EarlyExitError
+			switch {
+			case errors.As(err, &early) && early.Code > 0:
+				return &exitError{code: early.Code, msg: err.Error()}
+			case err == nil && res.ExitCode != 0:
 				return &exitError{code: res.ExitCode}
 			}
 			return err

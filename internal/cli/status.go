@@ -157,14 +157,14 @@ func newLogsCmd(g *globals) *cobra.Command {
 	var follow bool
 	var lines int
 	cmd := g.newVMCmd("logs NAME", "Print a VM's console log (-f follows it)", func(s vm.StateDir) error {
-		f, err := s.OpenConsole(lines)
+		log, err := s.OpenConsole(lines)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
+		defer log.Close()
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()
-		return vm.CopyConsole(ctx, f, g.stdout, follow)
+		return log.Copy(ctx, g.stdout, follow)
 	})
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing as the console writes (Ctrl-C to stop)")
 	cmd.Flags().IntVarP(&lines, "lines", "n", 0, "start with the last N lines only")

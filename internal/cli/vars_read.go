@@ -10,6 +10,7 @@ import (
 
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
+	"github.com/credvm/credvm/internal/words"
 )
 
 func newVarsListCmd(g *globals) *cobra.Command {
@@ -93,10 +94,10 @@ each missing or outdated generator with the command that fixes it.`,
 				}
 			}
 			if len(problems) > 0 {
-				return &exitError{1, fmt.Sprintf("%s need generating: run `credvm vars generate %s`", plural(len(problems), "generator", "generators"), strings.Join(machinesOf(problems), " "))}
+				return &exitError{1, fmt.Sprintf("%s %s generating: run `credvm vars generate %s`", words.Plural(len(problems), "generator", "generators"), words.Verb(len(problems), "needs", "need"), strings.Join(machinesOf(problems), " "))}
 			}
 			if !asJSON {
-				fmt.Fprintf(g.stdout, "all vars of %s are up to date\n", plural(len(ms), "machine", "machines"))
+				fmt.Fprintf(g.stdout, "all vars of %s are up to date\n", words.Plural(len(ms), "machine", "machines"))
 			}
 			return nil
 		},
@@ -154,7 +155,7 @@ func newVarsSetCmd(g *globals) *cobra.Command {
 			if err := e.Set(m, gen, file, v, opts); err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "%s: stored %s (%s)\n", m.Name, args[1], plural(len(v), "byte", "bytes"))
+			fmt.Fprintf(g.stdout, "%s: stored %s (%s)\n", m.Name, args[1], words.Plural(len(v), "byte", "bytes"))
 			return nil
 		})
 	cmd.Long = `Store the bytes read from standard input as one file of a generator,

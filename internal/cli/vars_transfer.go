@@ -11,6 +11,7 @@ import (
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
+	"github.com/credvm/credvm/internal/words"
 )
 
 func newVarsExportCmd(g *globals) *cobra.Command {
@@ -36,7 +37,7 @@ func newVarsExportCmd(g *globals) *cobra.Command {
 			if b.SignerCreated != "" {
 				fmt.Fprintf(g.stderr, "created your bundle signing key %s (public key %s.pub, registered in the repository): give it to the receiver for --from\n", b.SignerCreated, b.SignerCreated)
 			}
-			fmt.Fprintf(g.stderr, "%s: exported %s from %s (%s), signed with %s\n", b.Machine, plural(b.Vars, "var", "vars"), plural(b.Generators, "generator", "generators"), exportedHow(opts), b.Signer)
+			fmt.Fprintf(g.stderr, "%s: exported %s from %s (%s), signed with %s\n", b.Machine, words.Plural(b.Vars, "var", "vars"), words.Plural(b.Generators, "generator", "generators"), exportedHow(opts), b.Signer)
 			return nil
 		})
 	cmd.Long = `Write one machine's vars — every value, its machine file and, with
@@ -115,7 +116,7 @@ altered, unsigned or wrongly signed bundle imports nothing.`,
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(g.stdout, "%s: imported %s signed by %s, re-encrypted to this repository and checked\n", res.Machine, plural(res.Vars, "var", "vars"), res.Signer)
+				fmt.Fprintf(g.stdout, "%s: imported %s signed by %s, re-encrypted to this repository and checked\n", res.Machine, words.Plural(res.Vars, "var", "vars"), res.Signer)
 				for _, c := range res.Changes {
 					fmt.Fprintf(g.stdout, "  %s\n", c)
 				}

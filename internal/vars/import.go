@@ -14,6 +14,7 @@ import (
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/words"
 )
 
 // Import is the receiving end of a migration. A bundle is input from
@@ -165,20 +166,13 @@ func (e *Engine) importLocked(b *Bundle, opts ImportOptions) (*ImportResult, err
 	if err := t.commit(); err != nil {
 		return nil, err
 	}
-	res.Changes = append(res.Changes, fmt.Sprintf("~ %s of %s, re-encrypted to this repository", plural(res.Vars, "var", "vars"), m.Name))
+	res.Changes = append(res.Changes, fmt.Sprintf("~ %s of %s, re-encrypted to this repository", words.Plural(res.Vars, "var", "vars"), m.Name))
 	p := e.Repo.MachinePaths(m.Name)
 	paths := []string{e.Repo.Path("vars"), p.Dir, p.PublicKey, p.PrivateKey}
 	if err := e.commitGit(opts.NoCommit, paths, "vars: import %s", m.Name); err != nil {
 		return res, fmt.Errorf("vars %s: imported, but %w", m.Name, err)
 	}
 	return res, nil
-}
-
-func plural(n int, one, many string) string {
-	if n == 1 {
-		return "1 " + one
-	}
-	return fmt.Sprintf("%d %s", n, many)
 }
 
 // bundleMachine is the machine a bundle is for: this repository's, or the

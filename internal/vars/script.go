@@ -15,6 +15,7 @@ import (
 	"github.com/credvm/credvm/internal/faultinject"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/tail"
+	"github.com/credvm/credvm/internal/words"
 )
 
 // failureLines is how much of a failed script's output its error shows.
@@ -166,7 +167,7 @@ func scriptFailure(name string, err error, output *tail.Lines, show bool, known 
 		if n > 0 {
 			hint = " (not shown: it may hold secrets; rerun with --show-output to see its last lines, scrubbed of every value the script could see)"
 		}
-		return fmt.Errorf("vars %s: the script failed%s after printing %s%s; the stored vars are unchanged", name, code, plural(n, "line", "lines"), hint)
+		return fmt.Errorf("vars %s: the script failed%s after printing %s%s; the stored vars are unchanged", name, code, words.Plural(n, "line", "lines"), hint)
 	}
 	text := scrub(strings.Join(output.Lines(), "\n"), known)
 	return fmt.Errorf("vars %s: the script failed%s; the stored vars are unchanged. Its last output (scrubbed of the values it could see):\n%s", name, code, indent(text))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/credvm/credvm/internal/cred"
@@ -14,6 +15,7 @@ import (
 	"github.com/credvm/credvm/internal/lock"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/tail"
+	"github.com/credvm/credvm/internal/words"
 )
 
 // bootOptions configure one boot of a machine with its credentials.
@@ -28,7 +30,8 @@ type bootOptions struct {
 	// ShutdownTimeout is how long a powered-down guest gets to stop
 	// before the hypervisor is told to quit.
 	ShutdownTimeout time.Duration
-	// Started, if set, is called with the hypervisor's pid once it runs.
+	// Started, if set, is called with the hypervisor's pid once it has
+	// settled: it has run for a moment, or the guest has printed.
 	Started func(pid int, hypervisor string)
 	// ConfigHash and VarsHash are recorded in run.json as what the VM
 	// booted with.
@@ -95,12 +98,13 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 	defer logFile.Close()
 	fmt.Fprintf(logFile, "\n=== credvm: %s started %s ===\n", m.Name, time.Now().UTC().Format(time.RFC3339))
 	lastLines := &tail.Lines{Keep: 20}
-	console := io.MultiWriter(logFile, lastLines)
+	spoke := &firstWrite{ch: make(chan struct{})}
+	console := io.MultiWriter(logFile, lastLines, spoke)
 	if o.Console != nil {
-		console = io.MultiWriter(logFile, lastLines, o.Console)
+		console = io.MultiWriter(logFile, lastLines, spoke, o.Console)
 	}
 
-	notice("%d credentials via %s (%s)", len(plan.Credentials)-1, plan.Transport, plan.Why)
+	notice("%s via %s: %s", words.Plural(len(plan.Credentials)-1, "credential", "credentials"), plan.Transport, plan.Why)
 	inst, err := drv.Start(hypervisor.Launch{
 		Name: m.Name, VM: m.VM, Plan: plan, Dir: o.State.Path(),
 		Console: console, Notice: notice,
@@ -115,18 +119,19 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 	if err := o.State.SaveRunRecord(rec); err != nil {
 		notice("cannot record the run: %v", err)
 	}
-	if o.Started != nil {
-		o.Started(inst.PID(), drv.Name())
-	}
-
 	exited := make(chan hypervisor.Exit, 1)
 	go func() { exited <- inst.Wait() }()
-	var exit hypervisor.Exit
-	select {
-	case exit = <-exited:
-	case <-ctx.Done():
-		notice("powering the guest off; %s is stopped in %s if it has not", drv.Name(), o.ShutdownTimeout)
-		exit = inst.Shutdown(o.ShutdownTimeout)
+	exit, early := settle(ctx, exited, spoke.ch)
+	if o.Started != nil && (!early || exit.Code == 0 && exit.Signal == "") {
+		o.Started(inst.PID(), drv.Name())
+	}
+	if !early {
+		select {
+		case exit = <-exited:
+		case <-ctx.Done():
+			notice("powering the guest off; %s is stopped in %s if it has not", drv.Name(), o.ShutdownTimeout)
+			exit = inst.Shutdown(o.ShutdownTimeout)
+		}
 	}
 	if exit.Err != nil {
 		return nil, exit.Err
@@ -147,7 +152,83 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 	if err := o.State.SaveRunRecord(rec); err != nil {
 		notice("cannot record the run's end: %v", err)
 	}
+	if early && rec.State == RunFailed {
+		return res, &EarlyExitError{Name: m.Name, Hypervisor: drv.Name(), Code: res.ExitCode, Signal: res.Signal,
+			Stderr: exit.Stderr, Console: lastLines.Lines(), Log: o.State.Console()}
+	}
 	return res, nil
+}
+
+// Settling: a hypervisor that dies at once — a junk kernel, a missing
+// device, an option it refuses — must fail `start`, not be reported as
+// started. It has settled once it has run for settleMax, or once the guest
+// (or its firmware) has printed and settleMin has passed.
+const (
+	settleMin = 200 * time.Millisecond
+	settleMax = time.Second
+)
+
+// settle waits until the hypervisor has settled; early reports that it
+// exited before, with how.
+func settle(ctx context.Context, exited <-chan hypervisor.Exit, spoke <-chan struct{}) (exit hypervisor.Exit, early bool) {
+	minimum, maximum := time.After(settleMin), time.After(settleMax)
+	spoken, waited := false, false
+	for {
+		select {
+		case exit = <-exited:
+			return exit, true
+		case <-ctx.Done():
+			return exit, false
+		case <-maximum:
+			return exit, false
+		case <-spoke:
+			spoke, spoken = nil, true
+		case <-minimum:
+			waited = true
+		}
+		if spoken && waited {
+			return exit, false
+		}
+	}
+}
+
+// firstWrite closes ch at the first bytes written to it.
+type firstWrite struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (f *firstWrite) Write(p []byte) (int, error) {
+	if len(p) > 0 {
+		f.once.Do(func() { close(f.ch) })
+	}
+	return len(p), nil
+}
+
+// EarlyExitError is a hypervisor that died before it settled: the guest
+// never ran. It carries the hypervisor's exit status (`run` exits with it).
+type EarlyExitError struct {
+	Name, Hypervisor string
+	Code             int
+	Signal           string
+	Stderr           string
+	Console          []string
+	Log              string
+}
+
+func (e *EarlyExitError) Error() string {
+	how := fmt.Sprintf("status %d", e.Code)
+	if e.Signal != "" {
+		how = "signal " + e.Signal
+	}
+	msg := fmt.Sprintf("vm %s: %s exited at once (%s): the guest did not start", e.Name, e.Hypervisor, how)
+	if e.Stderr != "" {
+		msg += "; " + e.Hypervisor + " said: " + e.Stderr
+	}
+	if len(e.Console) > 0 {
+		msg += "; the console's last line: " + e.Console[len(e.Console)-1]
+	}
+	return msg + " (console log " + e.Log + ")"
 }
 
 // checkPaths names a missing kernel, initrd or disk before the hypervisor

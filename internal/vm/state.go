@@ -80,9 +80,16 @@ func (s StateDir) Ensure() error {
 	return nil
 }
 
-// OpenConsole opens the VM's console log positioned at its last lines
-// (lines ≤ 0: at the start).
-func (s StateDir) OpenConsole(lines int) (*os.File, error) {
+// ConsoleLog is a VM's console log opened for reading: from its start, or
+// from its last lines as they were when it was opened.
+type ConsoleLog struct {
+	f   *os.File
+	end int64 // the size when opened: what Copy prints without follow
+}
+
+// OpenConsole opens the VM's console log, positioned at its last lines
+// lines when lines > 0.
+func (s StateDir) OpenConsole(lines int) (*ConsoleLog, error) {
 	if _, err := s.Registration(); err != nil {
 		return nil, err
 	}
@@ -93,24 +100,42 @@ func (s StateDir) OpenConsole(lines int) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	c := &ConsoleLog{f: f, end: fi.Size()}
 	if lines > 0 {
-		if err := seekLastLines(f, lines); err != nil {
+		if err := seekLastLines(f, c.end, lines); err != nil {
 			f.Close()
 			return nil, err
 		}
 	}
-	return f, nil
+	return c, nil
 }
 
-// CopyConsole copies the console log from f to w; with follow, it keeps
-// copying what the console writes until ctx is done (then it returns nil).
-func CopyConsole(ctx context.Context, f *os.File, w io.Writer, follow bool) error {
-	for {
-		if _, err := io.Copy(w, f); err != nil {
+// Close closes the log.
+func (c *ConsoleLog) Close() error { return c.f.Close() }
+
+// Copy copies the log to w: what it held when opened (a guest writing on
+// meanwhile does not stretch `logs -n 1`), or with follow everything it
+// writes until ctx is done (then it returns nil).
+func (c *ConsoleLog) Copy(ctx context.Context, w io.Writer, follow bool) error {
+	if !follow {
+		pos, err := c.f.Seek(0, io.SeekCurrent)
+		if err != nil {
 			return err
 		}
-		if !follow {
-			return nil
+		_, err = io.CopyN(w, c.f, c.end-pos)
+		if errors.Is(err, io.EOF) {
+			err = nil // rotated meanwhile
+		}
+		return err
+	}
+	for {
+		if _, err := io.Copy(w, c.f); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
@@ -120,13 +145,9 @@ func CopyConsole(ctx context.Context, f *os.File, w io.Writer, follow bool) erro
 	}
 }
 
-// seekLastLines positions f at the start of its last n lines.
-func seekLastLines(f *os.File, n int) error {
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	size := fi.Size()
+// seekLastLines positions f at the start of the last n lines of its
+// first size bytes.
+func seekLastLines(f *os.File, size int64, n int) error {
 	start := max(0, size-int64(n)*512-4096)
 	buf := make([]byte, size-start)
 	if _, err := f.ReadAt(buf, start); err != nil && !errors.Is(err, io.EOF) {
@@ -147,6 +168,6 @@ func seekLastLines(f *os.File, n int) error {
 	if idx > 0 {
 		idx++
 	}
-	_, err = f.Seek(start+int64(idx), io.SeekStart)
+	_, err := f.Seek(start+int64(idx), io.SeekStart)
 	return err
 }

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -282,5 +283,42 @@ func TestSelect(t *testing.T) {
 	rows := ListStatuses(f.state.Root, []string{"vm1", "nothing-here"})
 	if len(rows) != 1 || rows[0].Status.Status != StatusNotBooted {
 		t.Errorf("list: %+v", rows)
+	}
+}
+
+// logs -n N prints the last N lines as they were when it opened the log,
+// even while the guest writes on (TestLifecycle saw a header, then lines
+// written after it).
+func TestConsoleLastLines(t *testing.T) {
+	f := newFixture(t)
+	f.create()
+	for _, tc := range []struct {
+		log   string
+		lines int
+		want  string
+	}{
+		{"a\nb\nc\n", 1, "c\n"},
+		{"a\nb\nc\n", 2, "b\nc\n"},
+		{"a\nb\npartial", 1, "partial"},
+		{"a\r\nb\r\n", 1, "b\r\n"},
+		{"only", 5, "only"},
+		{"a\nb\n", 0, "a\nb\n"},
+	} {
+		os.WriteFile(f.state.Console(), []byte(tc.log), 0o600)
+		log, err := f.state.OpenConsole(tc.lines)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, _ := os.OpenFile(f.state.Console(), os.O_WRONLY|os.O_APPEND, 0)
+		w.WriteString("written later\n")
+		w.Close()
+		var out strings.Builder
+		if err := log.Copy(context.Background(), &out, false); err != nil {
+			t.Fatal(err)
+		}
+		log.Close()
+		if out.String() != tc.want {
+			t.Errorf("%q, last %d: got %q, want %q", tc.log, tc.lines, out.String(), tc.want)
+		}
 	}
 }
