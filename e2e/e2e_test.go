@@ -150,7 +150,7 @@ func newRepo(t *testing.T) *repo {
 	t.Cleanup(func() { os.RemoveAll(state) })
 	r := &repo{t: t, dir: dir, state: state, env: append(os.Environ(),
 		"SOPS_AGE_KEY_FILE="+filepath.Join(dir, "key.txt"), "SOPS_AGE_KEY=", "CREDVM_REPO="+dir, "USER=tester",
-		"XDG_STATE_HOME="+t.TempDir(), "HOME="+t.TempDir(), "SSH_AUTH_SOCK=")}
+		"XDG_STATE_HOME="+t.TempDir(), "HOME="+t.TempDir(), "SSH_AUTH_SOCK=", "CREDVM_NO_TTY=1")}
 	os.WriteFile(filepath.Join(dir, "credvm.toml"), nil, 0o644)
 	r.credvm("vars", "keygen")
 	return r

@@ -42,6 +42,7 @@ func TestScript(t *testing.T) {
 			env.Setenv("SOPS_AGE_KEY", "")
 			env.Setenv("CREDVM_REPO", "")
 			env.Setenv("XDG_STATE_HOME", filepath.Join(env.WorkDir, ".state"))
+			env.Setenv("CREDVM_NO_TTY", "1") // never ask the terminal of whoever runs the tests
 			env.Setenv("GIT_AUTHOR_NAME", "t")
 			env.Setenv("GIT_AUTHOR_EMAIL", "t@example.com")
 			env.Setenv("GIT_COMMITTER_NAME", "t")

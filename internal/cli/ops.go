@@ -19,13 +19,17 @@ import (
 
 func newCloneCmd(g *globals) *cobra.Command {
 	var noCommit bool
+	var prompts promptFlags
 	cmd := g.newEngineCmd("clone SRC NEW", "Create machine NEW from SRC's configuration, with its own freshly generated secrets and machine key", 2,
 		func(e *vars.Engine, args []string) error {
 			e.Log = g.stderr
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
-			res, err := vm.Clone(ctx, vm.CloneOptions{Engine: e, Src: args[0], Dst: args[1], StateRoot: g.stateRoot(),
-				Generate: vars.GenerateOptions{NoCommit: noCommit, Terminal: g.terminal()}})
+			o := vm.CloneOptions{Engine: e, Src: args[0], Dst: args[1], StateRoot: g.stateRoot(), Generate: vars.GenerateOptions{NoCommit: noCommit}}
+			if err := g.promptOptions(prompts, &o.Generate); err != nil {
+				return err
+			}
+			res, err := vm.Clone(ctx, o)
 			if res == nil {
 				return err
 			}
@@ -41,6 +45,7 @@ key — never a copy of SRC's. (Shared generators stay shared: that is what
 share = true means.) When SRC is a created VM, NEW is created too. If
 anything fails, nothing of NEW is left behind.`
 	cmd.Flags().BoolVar(&noCommit, "no-commit", false, "do not git-commit")
+	prompts.add(cmd)
 	return cmd
 }
 

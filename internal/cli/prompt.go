@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -12,15 +13,43 @@ import (
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
+	"github.com/spf13/cobra"
 )
 
-// terminal is where prompts are asked: standard input when it is a
-// terminal, else nil (a run then needs every answer given).
-func (g *globals) terminal() vars.Terminal {
+// tty is where the operator is asked — prompts, confirmations: standard
+// input when it is a terminal, else the controlling terminal (/dev/tty, as
+// ssh and sudo ask), else nil (nothing can be asked). $CREDVM_NO_TTY set
+// never asks (scripts run from a terminal).
+func (g *globals) tty() (in *os.File, out io.Writer) {
+	if os.Getenv("CREDVM_NO_TTY") != "" {
+		return nil, nil
+	}
 	if f, ok := g.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		return &ttyPrompter{in: f, out: g.stderr}
+		return f, g.stderr
+	}
+	if tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0); err == nil {
+		if term.IsTerminal(int(tty.Fd())) {
+			return tty, tty
+		}
+		tty.Close()
+	}
+	return nil, nil
+}
+
+// terminal is where a run's prompts are asked, or nil: a run then needs
+// every answer given.
+func (g *globals) terminal() vars.Terminal {
+	if in, out := g.tty(); in != nil {
+		return &ttyPrompter{in: in, out: out}
 	}
 	return nil
+}
+
+// stdinIsTerminal reports whether standard input is a terminal (a value
+// typed, not piped).
+func (g *globals) stdinIsTerminal() bool {
+	f, ok := g.stdin.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // ttyPrompter asks prompts on a terminal.
@@ -36,16 +65,37 @@ func (t *ttyPrompter) Ask(machine, gen string, p *spec.Prompt) ([]byte, error) {
 	}
 	switch p.Type {
 	case "hidden":
-		fmt.Fprintf(t.out, "%s/%s: %s (hidden): ", machine, gen, desc)
-		b, err := term.ReadPassword(int(t.in.Fd()))
-		fmt.Fprintln(t.out)
-		return b, err
+		return askHidden(t.in, t.out, fmt.Sprintf("%s/%s: %s", machine, gen, desc))
 	case "multiline":
 		fmt.Fprintf(t.out, "%s/%s: %s (end with Ctrl-D on an empty line):\n", machine, gen, desc)
 		return io.ReadAll(t.in)
 	}
 	fmt.Fprintf(t.out, "%s/%s: %s: ", machine, gen, desc)
 	return readLine(t.in)
+}
+
+// askHidden reads a hidden answer twice, without echo, until both match
+// (three tries): a typo in a password nobody sees would be stored.
+func askHidden(in *os.File, out io.Writer, label string) ([]byte, error) {
+	for range 3 {
+		fmt.Fprintf(out, "%s (hidden): ", label)
+		first, err := term.ReadPassword(int(in.Fd()))
+		fmt.Fprintln(out)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(out, "%s (again): ", label)
+		second, err := term.ReadPassword(int(in.Fd()))
+		fmt.Fprintln(out)
+		if err != nil {
+			return nil, err
+		}
+		if bytes.Equal(first, second) {
+			return first, nil
+		}
+		fmt.Fprintln(out, "the two answers differ; once more")
+	}
+	return nil, errors.New("the answers differed three times; nothing was stored")
 }
 
 // readLine reads one line, a byte at a time so as not to read past it.
@@ -69,23 +119,36 @@ func readLine(r io.Reader) ([]byte, error) {
 	}
 }
 
-// answers collects --prompts-file and --prompt flags.
-func (g *globals) answers(file string, flags []string) (vars.Answers, error) {
+// promptFlags are --prompt and --prompts-file, on every command that can
+// run generators (vars generate, rotate, clone).
+type promptFlags struct {
+	prompts []string
+	file    string
+}
+
+func (p *promptFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringArrayVar(&p.prompts, "prompt", nil, "answer a prompt: GEN/NAME=@FILE, GEN/NAME=@- (stdin) or GEN/NAME=VALUE (visible to every local user); repeatable")
+	cmd.Flags().StringVar(&p.file, "prompts-file", "", `JSON file of answers: {"GEN/NAME": "value"}`)
+}
+
+// options fills a run's answers and terminal from the flags.
+func (g *globals) promptOptions(p promptFlags, o *vars.GenerateOptions) error {
 	a := vars.Answers{}
-	if file != "" {
+	if p.file != "" {
 		var err error
-		if a, err = vars.LoadAnswers(file); err != nil {
-			return nil, err
+		if a, err = vars.LoadAnswers(p.file); err != nil {
+			return err
 		}
 	}
-	for _, p := range flags {
-		k, v, err := vars.ParseAnswer(p, g.stdin)
+	for _, arg := range p.prompts {
+		k, v, err := vars.ParseAnswer(arg, g.stdin)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		a[k] = v
 	}
-	return a, nil
+	o.Answers, o.Terminal = a, g.terminal()
+	return nil
 }
 
 // confirmed runs an operation that may need the operator's consent (a
@@ -105,12 +168,12 @@ func (g *globals) confirmed(op func(accepted []*repo.ConfirmationError) error) e
 		for _, c := range ce.Changes {
 			fmt.Fprintf(g.stderr, "  %s\n", c)
 		}
-		f, ok := g.stdin.(*os.File)
-		if !ok || !term.IsTerminal(int(f.Fd())) || len(accepted) > 8 {
+		in, out := g.tty()
+		if in == nil || len(accepted) > 8 {
 			return err
 		}
-		fmt.Fprintf(g.stderr, "%s. Accept? [y/N] ", ce.Why)
-		answer, _ := readLine(f)
+		fmt.Fprintf(out, "%s. Accept? [y/N] ", ce.Why)
+		answer, _ := readLine(in)
 		if s := strings.ToLower(strings.TrimSpace(string(answer))); s != "y" && s != "yes" {
 			return fmt.Errorf("%s: not accepted; nothing was changed", ce.Op)
 		}

@@ -101,7 +101,31 @@ vars/), or named with --repo or $CREDVM_REPO.`,
 		newCreateCmd(g), newUpdateCmd(g), newDestroyCmd(g), newStartCmd(g), newStopCmd(g), newRestartCmd(g),
 		newStatusCmd(g), newListCmd(g), newLogsCmd(g), newMicrovmCmd(g), newSystemdCmd(g), newRotateCmd(g),
 		newCloneCmd(g), newBackupCmd(g), newRestoreCmd(g), newImageCmd(g), newInitCmd(g))
+	strictGroups(root)
 	return root
+}
+
+// strictGroups makes every command that only groups others (vars, creds,
+// guest, systemd) refuse an unknown subcommand — cobra would print the
+// group's help and exit 0 — naming the nearest one.
+func strictGroups(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		strictGroups(sub)
+	}
+	if !c.HasSubCommands() || c.Runnable() || !c.HasParent() {
+		return
+	}
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += fmt.Sprintf("; did you mean %q?", s[0])
+		}
+		return fmt.Errorf("%s (see `%s --help`)", msg, cmd.CommandPath())
+	}
+	c.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
 }
 
 // openRepo opens the repository named by --repo, $CREDVM_REPO, or found

@@ -23,6 +23,7 @@ func newRotateCmd(g *globals) *cobra.Command {
 		gens    []string
 		dryRun  bool
 		timeout time.Duration
+		prompts promptFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "rotate [NAME...]",
@@ -51,6 +52,9 @@ retention period (credvm.toml [history] retention, default 24h): see
 				return err
 			}
 			o := vm.RotateOptions{Generators: gens, Start: *g.startOptions(timeout), User: user, Log: indent.Writer(g.stderr, "    ")}
+			if err := g.promptOptions(prompts, &o.Generate); err != nil {
+				return err
+			}
 			for _, n := range names {
 				o.States = append(o.States, g.state(n))
 			}
@@ -63,6 +67,7 @@ retention period (credvm.toml [history] retention, default 24h): see
 	f.StringArrayVarP(&gens, "generator", "g", nil, "regenerate only this generator (and its dependents); repeatable")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
 	f.DurationVar(&timeout, "shutdown-timeout", vm.DefaultShutdownTimeout, "how long each guest gets to power off")
+	prompts.add(cmd)
 	return cmd
 }
 

@@ -76,13 +76,12 @@ func machines(r *repo.Repo, names, tags []string) ([]*spec.Machine, error) {
 
 func newVarsGenerateCmd(g *globals) *cobra.Command {
 	var (
-		opts        vars.GenerateOptions
-		tags        []string
-		prompts     []string
-		promptsFile string
-		noSandbox   bool
-		sandbox     string
-		asJSON      bool
+		opts      vars.GenerateOptions
+		tags      []string
+		prompts   promptFlags
+		noSandbox bool
+		sandbox   string
+		asJSON    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "generate [MACHINE...]",
@@ -131,15 +130,14 @@ Inside a git work tree the changed vars are committed ("vars: update …");
 				sandbox = string(vars.SandboxNone)
 			}
 			opts.Sandbox = vars.Sandbox(sandbox)
-			return g.generate(args, tags, opts, promptsFile, prompts, asJSON)
+			return g.generate(args, tags, opts, prompts, asJSON)
 		},
 	}
 	f := cmd.Flags()
 	f.StringArrayVarP(&opts.Generators, "generator", "g", nil, "run only this generator (and its dependents); repeatable")
 	tagFlag(cmd, &tags, "every machine with this inventory tag; repeatable")
 	f.BoolVar(&opts.Regenerate, "regenerate", false, "run the chosen generators even when their vars are current (rotation)")
-	f.StringArrayVar(&prompts, "prompt", nil, "answer a prompt: GEN/NAME=VALUE, GEN/NAME=@FILE or GEN/NAME=@- (stdin); repeatable")
-	f.StringVar(&promptsFile, "prompts-file", "", `JSON file of answers: {"GEN/NAME": "value"}`)
+	prompts.add(cmd)
 	f.BoolVar(&noSandbox, "no-sandbox", false, "run scripts without a sandbox (clean environment and PATH still apply)")
 	f.StringVar(&sandbox, "sandbox", "auto", "sandbox: auto, bwrap, namespaces or none")
 	f.BoolVar(&opts.NoCommit, "no-commit", false, "do not git-commit the changed vars")
@@ -149,16 +147,15 @@ Inside a git work tree the changed vars are committed ("vars: update …");
 	return cmd
 }
 
-func (g *globals) generate(names, tags []string, opts vars.GenerateOptions, promptsFile string, prompts []string, asJSON bool) error {
+func (g *globals) generate(names, tags []string, opts vars.GenerateOptions, prompts promptFlags, asJSON bool) error {
 	e, err := g.engine()
 	if err != nil {
 		return err
 	}
 	e.Log = g.stderr
-	if opts.Answers, err = g.answers(promptsFile, prompts); err != nil {
+	if err := g.promptOptions(prompts, &opts); err != nil {
 		return err
 	}
-	opts.Terminal = g.terminal()
 	ms, err := machines(e.Repo, names, tags)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -145,10 +146,14 @@ func newVarsSetCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.terminal() != nil {
-				fmt.Fprintf(g.stderr, "value for %s/%s (end with Ctrl-D):\n", m.Name, args[1])
+			var v []byte
+			if g.stdinIsTerminal() {
+				// Typed: not echoed, asked twice, one line without its
+				// newline (pipe a multi-line value).
+				v, err = askHidden(g.stdin.(*os.File), g.stderr, fmt.Sprintf("value for %s/%s", m.Name, args[1]))
+			} else {
+				v, err = io.ReadAll(g.stdin)
 			}
-			v, err := io.ReadAll(g.stdin)
 			if err != nil {
 				return err
 			}
@@ -159,8 +164,10 @@ func newVarsSetCmd(g *globals) *cobra.Command {
 			return nil
 		})
 	cmd.Long = `Store the bytes read from standard input as one file of a generator,
-exactly as given (a trailing newline is part of the value). The change is
-atomic, and generators depending on this one become outdated.`
+exactly as given (a trailing newline is part of the value). Typed on a
+terminal, the value is one line, not echoed, asked twice, and stored
+without the Enter's newline; pipe a value that has several lines. The
+change is atomic, and generators depending on this one become outdated.`
 	cmd.Example = `  printf %s "$NEW_TOKEN" | credvm vars set app-vm-01 api/token`
 	cmd.Flags().BoolVar(&opts.NoCommit, "no-commit", false, "do not git-commit the change")
 	return cmd

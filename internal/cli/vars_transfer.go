@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -94,16 +95,19 @@ altered, unsigned or wrongly signed bundle imports nothing.`,
 			if err != nil {
 				return err
 			}
-			if opts.From, err = vars.ParseSenders(from); err != nil {
-				return err
-			}
 			var data []byte
-			if len(args) == 1 && args[0] != "-" {
+			switch {
+			case len(args) == 1 && args[0] != "-":
 				data, err = os.ReadFile(args[0])
-			} else {
+			case g.stdinIsTerminal():
+				return errors.New("no bundle: name its file (credvm vars import FILE --from SENDER) or pipe it on standard input")
+			default:
 				data, err = io.ReadAll(g.stdin)
 			}
 			if err != nil {
+				return err
+			}
+			if opts.From, err = vars.ParseSenders(from); err != nil {
 				return err
 			}
 			replace := opts.ReplaceShared

@@ -23,6 +23,7 @@ import (
 	"strings"
 
 	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/words"
 )
 
 // EnvRepo names the repository when --repo is not given.
@@ -159,7 +160,7 @@ func (r *Repo) Machine(name string) (*spec.Machine, error) {
 		if len(known) > 0 {
 			hint = strings.Join(known, ", ")
 		}
-		return nil, fmt.Errorf("machine %s: not found: no %s (machines in this repository: %s)", name, r.Rel(filepath.Join(dir, "machine.toml")), hint)
+		return nil, fmt.Errorf("machine %s: not found: no %s%s (machines in this repository: %s)", name, r.Rel(filepath.Join(dir, "machine.toml")), words.DidYouMean(name, known), hint)
 	}
 	m, err := r.loadMachine(name, dir)
 	var ps spec.Problems

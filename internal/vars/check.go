@@ -43,10 +43,17 @@ func (e *Engine) GetVar(machine, ref string) ([]byte, error) {
 		return nil, err
 	}
 	var m *spec.Machine
-	if e.Repo.Exists(e.Repo.MachinePaths(machine).Dir) {
+	paths := e.Repo.MachinePaths(machine)
+	switch {
+	case e.Repo.Exists(paths.Dir):
 		if m, err = e.Repo.Machine(machine); err != nil {
 			return nil, err
 		}
+	case !e.Repo.Exists(paths.Vars) && !e.Repo.Exists(paths.PublicKey):
+		// Neither a machine file nor clan's vars or key: a typo, most
+		// likely — never "not generated yet".
+		_, err := e.Repo.Machine(machine)
+		return nil, err
 	}
 	return e.Get(machine, m, gen, file)
 }

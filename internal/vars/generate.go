@@ -59,6 +59,9 @@ func (e *Engine) generateLocked(ctx context.Context, machines []*spec.Machine, o
 	} else if n > 0 {
 		e.logf("pruned %d expired generations from %s", n, HistoryDir)
 	}
+	if err := opts.Answers.Check(machines); err != nil {
+		return nil, err
+	}
 	cleanStaleWorkspaces()
 	sandbox, bwrap, err := resolveSandbox(opts.Sandbox)
 	if err != nil {

@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/words"
 )
 
 // Answers are prompt values given without a terminal, by
@@ -51,6 +54,61 @@ func LoadAnswers(path string) (Answers, error) {
 		a[k] = []byte(v)
 	}
 	return a, nil
+}
+
+// promptKeys are the answer keys the machines' generators ask for:
+// GEN/PROMPT and PROMPT alone.
+func promptKeys(machines []*spec.Machine) map[string]bool {
+	known := map[string]bool{}
+	for _, m := range machines {
+		for _, g := range m.Vars.Generators {
+			for _, p := range g.Prompts {
+				known[g.Name+"/"+p.Name], known[p.Name] = true, true
+			}
+		}
+	}
+	return known
+}
+
+// For returns the answers the machines' generators ask for.
+func (a Answers) For(machines []*spec.Machine) Answers {
+	known := promptKeys(machines)
+	out := Answers{}
+	for k, v := range a {
+		if known[k] {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// Check refuses answers no generator of the machines asks for: a typo
+// would otherwise be ignored, and the run would then ask for (or fail on)
+// the prompt it meant.
+func (a Answers) Check(machines []*spec.Machine) error {
+	known := promptKeys(machines)
+	names := slices.Sorted(maps.Keys(known))
+	var bad []string
+	for k := range a {
+		if !known[k] {
+			bad = append(bad, k)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	slices.Sort(bad)
+	var asked []string
+	for _, n := range names {
+		if strings.Contains(n, "/") {
+			asked = append(asked, n)
+		}
+	}
+	what := "no generator asks for anything"
+	if len(asked) > 0 {
+		what = "the prompts are " + strings.Join(asked, ", ")
+	}
+	return fmt.Errorf("no generator asks for the prompt %q%s (%s)", bad[0], words.DidYouMean(bad[0], names), what)
 }
 
 func (a Answers) lookup(gen, prompt string) ([]byte, bool) {

@@ -92,6 +92,9 @@ type RotateOptions struct {
 	Start      StartOptions
 	User       *sops.Identities
 	Log        io.Writer
+	// Generate carries the prompts' answers and terminal (its other
+	// fields are set per step).
+	Generate vars.GenerateOptions
 	// OnStepStart and OnStepFinished, when set, are told of each step.
 	OnStepStart    func(i int, step *RotationStep)
 	OnStepFinished func(i int, step *RotationStep)
@@ -125,6 +128,13 @@ func PlanRotation(o RotateOptions) (*Rotation, error) {
 			step.Check = HealthCheck(m)
 		}
 		rot.Steps = append(rot.Steps, step)
+	}
+	var ms []*spec.Machine
+	for _, st := range rot.Steps {
+		ms = append(ms, st.machine)
+	}
+	if err := o.Generate.Answers.Check(ms); err != nil {
+		return nil, err
 	}
 	return rot, nil
 }
@@ -165,7 +175,9 @@ func (rot *Rotation) Run(ctx context.Context, o RotateOptions) error {
 
 func (rot *Rotation) rotateOne(ctx context.Context, step *RotationStep, o RotateOptions) (Outcome, error) {
 	e := &vars.Engine{Repo: step.repo, User: o.User, Log: o.Log}
-	if _, err := e.Generate(ctx, []*spec.Machine{step.machine}, vars.GenerateOptions{Generators: step.Generators, Regenerate: true}); err != nil {
+	g := o.Generate
+	g.Generators, g.Regenerate, g.Answers = step.Generators, true, g.Answers.For([]*spec.Machine{step.machine})
+	if _, err := e.Generate(ctx, []*spec.Machine{step.machine}, g); err != nil {
 		return RegenerateFailed, err
 	}
 	if !step.Running {

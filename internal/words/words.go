@@ -2,7 +2,10 @@
 // "2 credentials"): one helper, so that no message says "1 credentials".
 package words
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Plural writes n with the noun's singular or plural form.
 func Plural(n int, one, many string) string {
@@ -18,4 +21,47 @@ func Verb(n int, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// Nearest returns the candidate closest to s by edit distance, if it is
+// close enough to be a likely typo (at most a third of s's length, at
+// least 1, at most 3 edits); else "".
+func Nearest(s string, candidates []string) string {
+	best, bestD := "", min(3, max(1, len(s)/3))+1
+	for _, c := range candidates {
+		if d := distance(s, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// distance is the Levenshtein distance of a and b, case-insensitive.
+func distance(a, b string) int {
+	a, b = strings.ToLower(a), strings.ToLower(b)
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// DidYouMean is "; did you mean X?" for the nearest candidate, or "".
+func DidYouMean(s string, candidates []string) string {
+	if n := Nearest(s, candidates); n != "" {
+		return fmt.Sprintf("; did you mean %s?", n)
+	}
+	return ""
 }
