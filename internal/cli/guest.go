@@ -22,19 +22,27 @@ CGO_ENABLED=0 to get a static binary that runs in any guest.`,
 	}
 	var asJSON bool
 	list := newGuestReadCmd("list", "List the credentials that arrived: source, size, SHA-256, name", func(creds []guest.Found) error {
+		creds = guest.Classify(creds)
 		if asJSON {
-			return g.printJSON(append([]guest.Found{}, creds...))
+			out := []guest.Found{}
+			for _, c := range creds {
+				if c.Secret {
+					c.SHA256 = ""
+				}
+				out = append(out, c)
+			}
+			return g.printJSON(out)
 		}
 		tw := table(g.stdout)
 		fmt.Fprintln(tw, "NAME\tSOURCE\tSIZE\tSHA256")
 		for _, c := range creds {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Name, c.Source, c.Size, c.SHA256)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Name, c.Source, c.Size, c.Shown(false))
 		}
 		return tw.Flush()
 	})
 	list.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	verify := newGuestReadCmd("verify", "Check the credentials against credvm's manifest; exit 1 naming any that is missing or cut", func(creds []guest.Found) error {
-		if !guest.Report(g.stdout, creds) {
+		if !guest.Report(g.stdout, creds, false) {
 			return &exitError{code: 1}
 		}
 		return nil

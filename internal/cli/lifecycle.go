@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -8,34 +9,37 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
 )
 
 func newCreateCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "create NAME",
-		Short: "Register a machine of the repository as a VM (its state under the state directory)",
-		Long: `Register machines/NAME of the repository (found from the current
+	cmd := g.newMachinesCmd("create MACHINE...", "Register machines of the repository as VMs (their state under the state directory)", true,
+		func(e *vars.Engine, ms []*spec.Machine) error {
+			var errs []error
+			for _, m := range ms {
+				errs = append(errs, g.create(e.Repo, m))
+			}
+			return errors.Join(errs...)
+		})
+	cmd.Long = `Register machines/NAME of the repository (found from the current
 directory, or --repo) as a VM: its state directory records the repository
 and the machine file as it is now — the VM's current configuration, which
-changes only with ` + "`credvm update`" + `. A name that exists is refused.`,
-		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: machineNameCompletion(g),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.create(args[0])
-		},
-	}
+changes only with ` + "`credvm update`" + `. A name that exists is refused.`
+	return cmd
 }
 
-func (g *globals) create(name string) error {
-	r, err := g.openRepo()
-	if err != nil {
-		return err
+// names are the machines' names.
+func names(ms []*spec.Machine) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.Name
 	}
-	m, err := r.Machine(name)
-	if err != nil {
-		return err
-	}
+	return out
+}
+
+func (g *globals) create(r *repo.Repo, m *spec.Machine) error {
 	s := g.state(m.Name)
 	if err := vm.Create(s, r, m); err != nil {
 		return err
@@ -101,29 +105,34 @@ func (g *globals) printUpdate(res *vm.UpdateResult, restart bool) {
 func newDestroyCmd(g *globals) *cobra.Command {
 	var purge, yes bool
 	var timeout time.Duration
-	cmd := g.newVMCmd("destroy NAME", "Stop a VM and remove its state; its vars stay in the repository unless --purge-vars", func(s vm.StateDir) error {
-		var res *vm.DestroyResult
-		err := g.confirmed(func(accepted []*repo.ConfirmationError) error {
-			var err error
-			res, err = vm.Destroy(s, vm.DestroyOptions{PurgeVars: purge, ConfirmPurge: yes || accepts(accepted, vm.PurgeConfirm) != nil, ShutdownTimeout: timeout})
-			return err
+	cmd := g.newVMsCmd("destroy NAME...", "Stop VMs and remove their state; their vars stay in the repository unless --purge-vars",
+		func(names []string) error {
+			return each(names, func(n string) error { return g.destroy(g.state(n), purge, yes, timeout) })
 		})
-		if res == nil {
-			return err
-		}
-		if res.Removed {
-			fmt.Fprintf(g.stdout, "%s: destroyed (state %s removed)\n", res.Name, res.StatePath)
-		}
-		switch {
-		case len(res.Purged) > 0:
-			fmt.Fprintf(g.stdout, "%s: removed its vars, their history and its machine key (%s)\n", res.Name, strings.Join(res.Purged, ", "))
-		case purge && err == nil:
-			fmt.Fprintf(g.stdout, "%s: no vars or machine key to remove\n", res.Name)
-		}
-		return err
-	})
 	cmd.Flags().BoolVar(&purge, "purge-vars", false, "also delete the machine's vars, their history and its age key from the repository (committed in git; asks first)")
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "with --purge-vars: do not ask (needed without a terminal)")
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", 0, "how long the guest gets to power off (default: the timeout it was started with)")
 	return cmd
+}
+
+func (g *globals) destroy(s vm.StateDir, purge, yes bool, timeout time.Duration) error {
+	var res *vm.DestroyResult
+	err := g.confirmed(func(accepted []*repo.ConfirmationError) error {
+		var err error
+		res, err = vm.Destroy(s, vm.DestroyOptions{PurgeVars: purge, ConfirmPurge: yes || accepts(accepted, vm.PurgeConfirm) != nil, ShutdownTimeout: timeout})
+		return err
+	})
+	if res == nil {
+		return err
+	}
+	if res.Removed {
+		fmt.Fprintf(g.stdout, "%s: destroyed (state %s removed)\n", res.Name, res.StatePath)
+	}
+	switch {
+	case len(res.Purged) > 0:
+		fmt.Fprintf(g.stdout, "%s: removed its vars, their history and its machine key (%s); its machine file stays (credvm vars generate %s makes new secrets)\n", res.Name, strings.Join(res.Purged, ", "), res.Name)
+	case purge && err == nil:
+		fmt.Fprintf(g.stdout, "%s: no vars or machine key to remove\n", res.Name)
+	}
+	return err
 }

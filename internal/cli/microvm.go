@@ -52,7 +52,15 @@ Installing credvm as (or linking it to) "microvm" makes ` + "`microvm -l`" + ` w
 			}
 			switch {
 			case a.create != "":
-				return g.create(a.create)
+				r, err := g.openRepo()
+				if err != nil {
+					return err
+				}
+				m, err := r.Machine(a.create)
+				if err != nil {
+					return err
+				}
+				return g.create(r, m)
 			case len(a.update) > 0:
 				return each(a.update, func(n string) error { return g.update(n, a.restart, vm.DefaultShutdownTimeout) })
 			case a.run != "":

@@ -112,6 +112,34 @@ func (g *globals) newVMCmd(use, short string, run func(s vm.StateDir) error) *co
 	}
 }
 
+// newMachinesCmd is a command on machines of the repository, named or
+// tagged (MACHINE... [--tag T]); with neither, every machine, unless
+// needNames.
+func (g *globals) newMachinesCmd(use, short string, needNames bool, run func(e *vars.Engine, ms []*spec.Machine) error) *cobra.Command {
+	var tags []string
+	cmd := &cobra.Command{
+		Use: use, Short: short,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: machineNameCompletion(g),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if needNames && len(args) == 0 && len(tags) == 0 {
+				return errors.New("name at least one machine (or use --tag)")
+			}
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			ms, err := machines(e.Repo, args, tags)
+			if err != nil {
+				return err
+			}
+			return run(e, ms)
+		},
+	}
+	tagFlag(cmd, &tags, "every machine with this inventory tag; repeatable")
+	return cmd
+}
+
 // newMachineCmd is a command on one machine of the repository, named by
 // its first argument (of nargs), run with the engine open and the machine
 // loaded.

@@ -161,37 +161,59 @@ func newCredsCmd(g *globals) *cobra.Command {
 	}
 	var asJSON bool
 	var ageKey string
-	show := g.newMachineCmd("show MACHINE", "Show each credential's name, source, size and transport, and the SMBIOS budget used", 1,
-		func(e *vars.Engine, m *spec.Machine, _ []string) error {
-			rep, err := vm.ShowCredentials(e, m, ageKey)
-			if err != nil {
-				return err
+	show := g.newMachinesCmd("show [MACHINE...]", "Show each credential's name, source, size, encoding and transport — and the digest of public ones", false,
+		func(e *vars.Engine, ms []*spec.Machine) error {
+			reps := []*vm.CredentialsReport{}
+			for _, m := range ms {
+				rep, err := vm.ShowCredentials(e, m, g.state(m.Name), ageKey)
+				if err != nil {
+					return err
+				}
+				reps = append(reps, rep)
 			}
 			if asJSON {
-				return g.printJSON(rep)
+				return g.printJSON(reps)
 			}
-			tw := table(g.stdout)
-			fmt.Fprintln(tw, "NAME\tSOURCE\tKIND\tSIZE\tENCODING")
-			for _, r := range rep.Credentials {
-				kind := "public"
-				if r.Secret {
-					kind = "secret"
+			for i, rep := range reps {
+				if len(reps) > 1 {
+					if i > 0 {
+						fmt.Fprintln(g.stdout)
+					}
+					fmt.Fprintf(g.stdout, "%s:\n", rep.Name)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", r.Name, r.Source, kind, r.Size, r.Encoding)
+				g.printCredentials(rep)
 			}
-			tw.Flush()
-			fmt.Fprintf(g.stdout, "transport: %s (%s)\n", rep.Transport, rep.Why)
-			fmt.Fprintf(g.stdout, "SMBIOS type 11: %d of %d bytes\n", rep.SMBIOSSize, rep.SMBIOSBudget)
 			return nil
 		})
-	show.Long = `Show what the VM would receive if it started now: each credential's name,
-source, size, encoding and transport, and how much of the guest's SMBIOS
-budget the whole set uses. Values are decrypted to measure them exactly, but
-never printed.`
-	show.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
-	show.Flags().StringVar(&ageKey, "age-key", "", "the machine's own age key file")
+	show.Long = `Show what each VM would receive if it started now (every machine when
+none is named): each credential's name, source, size, encoding and the
+transport, and the SHA-256 of public values — the digests credvm guest
+verify prints inside the guest. Secrets are decrypted to measure them, but
+neither their values nor their digests are printed: a plain digest of a
+low-entropy secret (a prompted password) can be brute-forced. --age-key
+decrypts with the machine's own key (credvm vars machine-key writes it)
+instead of yours.`
+	show.Flags().BoolVar(&asJSON, "json", false, "print as JSON (a list, one object per machine)")
+	show.Flags().StringVar(&ageKey, "age-key", "", "decrypt with the machine's own age key file instead of your key")
 	cmd.AddCommand(show)
 	return cmd
+}
+
+func (g *globals) printCredentials(rep *vm.CredentialsReport) {
+	tw := table(g.stdout)
+	fmt.Fprintln(tw, "NAME\tSOURCE\tKIND\tSIZE\tENCODING\tSHA256")
+	for _, r := range rep.Credentials {
+		kind, digest := "public", r.SHA256
+		if r.Secret {
+			kind, digest = "secret", "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", r.Name, r.Source, kind, r.Size, r.Encoding, digest)
+	}
+	tw.Flush()
+	fmt.Fprintf(g.stdout, "transport: %s: %s\n", rep.Transport, rep.Why)
+	if rep.Note != "" {
+		fmt.Fprintf(g.stdout, "note: %s\n", rep.Note)
+	}
 }
 
 func newSystemdCmd(g *globals) *cobra.Command {

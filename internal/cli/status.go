@@ -15,19 +15,45 @@ import (
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := g.newVMCmd("status NAME", "Show a VM's state: running or not, current/outdated/stale/failed, pids, last exit and console lines",
-		func(s vm.StateDir) error {
-			st, err := vm.Inspect(s, true)
+	var tags []string
+	cmd := &cobra.Command{
+		Use:   "status [NAME...]",
+		Short: "Show VMs' state: running or not, current/outdated/stale/failed, pids, what they booted with, last exit and console lines",
+		Long: `Show each VM's state (every VM when none is named): whether it runs, its
+status and why, its pids, what it booted with, its last exit and the last
+lines of its console. --json prints a list, one object per VM.`,
+		Args:              cobra.ArbitraryArgs,
+		ValidArgsFunction: vmCompletion(g),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			names, err := vm.Select(g.stateRoot(), args, tags, true)
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				return g.printJSON(st)
+			out := []*vm.Status{}
+			for _, n := range names {
+				st, err := vm.Inspect(g.state(n), true)
+				if err != nil {
+					return err
+				}
+				out = append(out, st)
 			}
-			g.printStatus(st)
+			if asJSON {
+				return g.printJSON(out)
+			}
+			if len(out) == 0 {
+				fmt.Fprintf(g.stdout, "no VMs in %s (credvm create NAME)\n", g.stateRoot())
+			}
+			for i, st := range out {
+				if i > 0 {
+					fmt.Fprintln(g.stdout)
+				}
+				g.printStatus(st)
+			}
 			return nil
-		})
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+		},
+	}
+	tagFlag(cmd, &tags, "every VM whose machine carries this inventory tag")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON (a list)")
 	return cmd
 }
 
@@ -36,12 +62,14 @@ func (g *globals) printStatus(st *vm.Status) {
 	fmt.Fprintf(w, "%s: %s\n", st.Name, st.Status)
 	if st.Running {
 		fmt.Fprintf(w, "  running: supervisor pid %d, %s pid %d, since %s\n", st.SupervisorPID, st.Hypervisor, st.HypervisorPID, st.Run.Started.Local().Format(time.RFC3339))
-		fmt.Fprintf(w, "  transport: %s\n", st.Run.Transport)
 		if st.HypervisorState != "" {
 			fmt.Fprintf(w, "  hypervisor reports: %s\n", st.HypervisorState)
 		}
 	} else {
 		fmt.Fprintf(w, "  not running\n")
+	}
+	if st.Run != nil {
+		fmt.Fprintf(w, "  booted with: configuration %s, vars %s, credentials via %s\n", short(st.Run.ConfigHash), short(st.Run.VarsHash), st.Run.Transport)
 	}
 	for _, r := range st.Reasons {
 		fmt.Fprintf(w, "  - %s\n", r)
@@ -49,10 +77,24 @@ func (g *globals) printStatus(st *vm.Status) {
 	if st.Run != nil && !st.Running {
 		g.printLastRun(st.Run)
 	}
+	if len(st.Console) > 0 && (st.Run == nil || len(st.Run.LastConsole) == 0 || st.Running) {
+		fmt.Fprintf(w, "  console, last lines:\n")
+		for _, l := range st.Console {
+			fmt.Fprintf(w, "    | %s\n", l)
+		}
+	}
 	fmt.Fprintf(w, "  repository: %s\n  console log: %s\n", st.Repo, st.ConsoleLog)
 	if st.Fix != "" {
 		fmt.Fprintf(w, "  fix: %s\n", st.Fix)
 	}
+}
+
+// short is a hash's first 12 characters, as git shows them.
+func short(hash string) string {
+	if len(hash) > 12 {
+		return hash[:12]
+	}
+	return hash
 }
 
 func (g *globals) printLastRun(run *vm.RunRecord) {
@@ -70,7 +112,7 @@ func (g *globals) printLastRun(run *vm.RunRecord) {
 		fmt.Fprintf(w, "  error: %s\n", run.Error)
 	}
 	if len(run.LastConsole) > 0 {
-		fmt.Fprintf(w, "  last console lines:\n")
+		fmt.Fprintf(w, "  console, last lines:\n")
 		for _, l := range run.LastConsole {
 			fmt.Fprintf(w, "    | %s\n", l)
 		}

@@ -16,26 +16,35 @@ import (
 
 func newVarsListCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := g.newMachineCmd("list MACHINE", "List a machine's vars: generator, file, secret or public, and status (never a value)", 1,
-		func(e *vars.Engine, m *spec.Machine, _ []string) error {
-			st, err := e.Status(m)
-			if err != nil {
-				return err
-			}
+	cmd := g.newMachinesCmd("list [MACHINE...]", "List machines' vars: generator, file, secret or public, and status (never a value)", false,
+		func(e *vars.Engine, ms []*spec.Machine) error {
 			files := []vars.FileStatus{}
-			for _, gs := range st {
-				files = append(files, gs.Files...)
+			for _, m := range ms {
+				st, err := e.Status(m)
+				if err != nil {
+					return err
+				}
+				for _, gs := range st {
+					files = append(files, gs.Files...)
+				}
 			}
 			if asJSON {
 				return g.printJSON(files)
 			}
 			if len(files) == 0 {
-				fmt.Fprintf(g.stdout, "%s declares no generators\n", m.Name)
+				fmt.Fprintf(g.stdout, "%s %s no generators\n", strings.Join(names(ms), ", "), words.Verb(len(ms), "declares", "declare"))
 				return nil
 			}
 			tw := table(g.stdout)
+			several := len(ms) > 1
+			if several {
+				fmt.Fprint(tw, "MACHINE\t")
+			}
 			fmt.Fprintln(tw, "GENERATOR\tFILE\tKIND\tSTATUS")
 			for _, f := range files {
+				if several {
+					fmt.Fprintf(tw, "%s\t", f.Machine)
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Generator, f.File, fileKind(f), fileStatus(f))
 			}
 			return tw.Flush()

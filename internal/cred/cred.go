@@ -96,19 +96,32 @@ type ManifestEntry struct {
 	Name   string
 	Size   int
 	SHA256 string
+	// Secret: the guest must not print its digest (a plain SHA-256 of a
+	// low-entropy secret, a prompted password, is a brute-force away from
+	// the secret). Entries of a version-1 manifest, which does not say,
+	// count as secret.
+	Secret bool
 }
 
-const manifestHeader = "credvm-manifest 1"
+const (
+	manifestHeader   = "credvm-manifest 2"
+	manifestHeaderV1 = "credvm-manifest 1"
+)
 
 // Manifest builds the manifest credential for creds: a header line, one
-// "<sha256> <size> <name>" line per credential (names may hold spaces but
-// never newlines), and an "end <count>" line, so a cut manifest is itself
-// detected.
+// "<sha256> <size> secret|public <name>" line per credential (names may
+// hold spaces but never newlines), and an "end <count>" line, so a cut
+// manifest is itself detected. Only the guest's root reads it, and it
+// holds no value — but the digests of secrets in it are printed by no one.
 func Manifest(creds []Credential) Credential {
 	var b strings.Builder
 	b.WriteString(manifestHeader + "\n")
 	for _, c := range creds {
-		fmt.Fprintf(&b, "%s %d %s\n", c.Digest(), len(c.Value), c.Name)
+		kind := "public"
+		if c.Secret {
+			kind = "secret"
+		}
+		fmt.Fprintf(&b, "%s %d %s %s\n", c.Digest(), len(c.Value), kind, c.Name)
 	}
 	fmt.Fprintf(&b, "end %d\n", len(creds))
 	return Credential{Name: ManifestName, Value: []byte(b.String()), Source: "manifest"}
@@ -118,13 +131,17 @@ func Manifest(creds []Credential) Credential {
 // A manifest may also arrive base64-encoded (transports that carry no
 // newlines, such as the kernel command line).
 func ParseManifest(b []byte) ([]ManifestEntry, error) {
-	if !bytes.HasPrefix(b, []byte(manifestHeader)) {
-		if d, err := base64.StdEncoding.DecodeString(string(b)); err == nil && bytes.HasPrefix(d, []byte(manifestHeader)) {
+	isManifest := func(b []byte) bool {
+		return bytes.HasPrefix(b, []byte(manifestHeader)) || bytes.HasPrefix(b, []byte(manifestHeaderV1))
+	}
+	if !isManifest(b) {
+		if d, err := base64.StdEncoding.DecodeString(string(b)); err == nil && isManifest(d) {
 			b = d
 		}
 	}
 	lines := strings.Split(string(b), "\n")
-	if len(lines) < 3 || lines[0] != manifestHeader {
+	v1 := len(lines) > 0 && lines[0] == manifestHeaderV1
+	if len(lines) < 3 || (lines[0] != manifestHeader && !v1) {
 		return nil, errors.New("manifest: missing header (cut, or not a credvm manifest)")
 	}
 	if lines[len(lines)-1] != "" {
@@ -141,15 +158,29 @@ func ParseManifest(b []byte) ([]ManifestEntry, error) {
 	}
 	var out []ManifestEntry
 	for i, l := range lines[:len(lines)-1] {
-		parts := strings.SplitN(l, " ", 3)
-		if len(parts) != 3 || len(parts[0]) != 64 {
+		fields := 4
+		if v1 {
+			fields = 3
+		}
+		parts := strings.SplitN(l, " ", fields)
+		if len(parts) != fields || len(parts[0]) != 64 {
 			return nil, fmt.Errorf("manifest: line %d is malformed", i+2)
 		}
 		size, err := strconv.Atoi(parts[1])
 		if err != nil || size < 0 {
 			return nil, fmt.Errorf("manifest: line %d has a bad size", i+2)
 		}
-		out = append(out, ManifestEntry{Name: parts[2], Size: size, SHA256: parts[0]})
+		e := ManifestEntry{Name: parts[fields-1], Size: size, SHA256: parts[0], Secret: true}
+		if !v1 {
+			switch parts[2] {
+			case "public":
+				e.Secret = false
+			case "secret":
+			default:
+				return nil, fmt.Errorf("manifest: line %d says %q, not secret or public", i+2, parts[2])
+			}
+		}
+		out = append(out, e)
 	}
 	return out, nil
 }

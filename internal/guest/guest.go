@@ -39,7 +39,42 @@ type Found struct {
 	Size   int    `json:"size"`
 	SHA256 string `json:"sha256"`
 	Source string `json:"source"`
+	// Secret: the manifest says it is one, or it is not in the manifest
+	// (nothing says it is public). Its digest is not printed: see
+	// cred.ManifestEntry.
+	Secret bool `json:"secret"`
 	value  []byte
+}
+
+// Classify marks each credential secret or public by the manifest among
+// them; without a manifest, all are secret.
+func Classify(creds []Found) []Found {
+	public := map[string]bool{cred.ManifestName: true}
+	for _, c := range creds {
+		if c.Name != cred.ManifestName {
+			continue
+		}
+		if entries, err := cred.ParseManifest(c.value); err == nil {
+			for _, e := range entries {
+				public[e.Name] = !e.Secret
+			}
+		}
+	}
+	out := make([]Found, len(creds))
+	for i, c := range creds {
+		c.Secret = !public[c.Name]
+		out[i] = c
+	}
+	return out
+}
+
+// Shown is the digest to print for c: "secret" for a secret unless
+// showSecrets (test guests only).
+func (c Found) Shown(showSecrets bool) string {
+	if c.Secret && !showSecrets {
+		return "secret"
+	}
+	return c.SHA256
 }
 
 func found(name string, v []byte, source string) Found {
@@ -332,6 +367,8 @@ func Verify(creds []Found) (ok []Found, problems []Problem, err error) {
 			problems = append(problems, Problem{e.Name, fmt.Sprintf("missing (expected %d bytes)", e.Size)})
 		case c.Size < e.Size && c.SHA256 != e.SHA256:
 			problems = append(problems, Problem{e.Name, fmt.Sprintf("cut: %d of %d bytes arrived", c.Size, e.Size)})
+		case c.SHA256 != e.SHA256 && e.Secret:
+			problems = append(problems, Problem{e.Name, fmt.Sprintf("differs: %d bytes, expected %d bytes with another digest", c.Size, e.Size)})
 		case c.SHA256 != e.SHA256:
 			problems = append(problems, Problem{e.Name, fmt.Sprintf("differs: %d bytes with sha256 %s, expected %d bytes with sha256 %s", c.Size, c.SHA256[:16], e.Size, e.SHA256[:16])})
 		default:

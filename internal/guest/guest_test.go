@@ -94,3 +94,46 @@ func TestReaderSources(t *testing.T) {
 		t.Errorf("system = %+v", s)
 	}
 }
+
+// A secret's digest is never printed by the product's report, a public
+// value's is; a manifest of credvm ≤ 0.9 (version 1) marks nothing public.
+func TestReportHidesSecretDigests(t *testing.T) {
+	creds := []cred.Credential{
+		{Name: "PASSWORD", Value: []byte("hunter2"), Secret: true},
+		{Name: "USER", Value: []byte("app")},
+	}
+	man := cred.Manifest(creds)
+	got := []Found{found(man.Name, man.Value, "fw_cfg"), found("PASSWORD", []byte("hunter2"), "fw_cfg"), found("USER", []byte("app"), "fw_cfg"), found("OTHER", []byte("x"), "fw_cfg")}
+	var out strings.Builder
+	if !Report(&out, got, false) { // OTHER is unlisted: no problem, just shown
+		t.Errorf("verify failed:\n%s", out.String())
+	}
+	text := out.String()
+	pw := found("PASSWORD", []byte("hunter2"), "").SHA256
+	if strings.Contains(text, pw) || strings.Contains(text, pw[:16]) {
+		t.Errorf("the secret's digest was printed:\n%s", text)
+	}
+	for _, want := range []string{"cred fw_cfg 7 secret PASSWORD", "cred fw_cfg 3 " + found("USER", []byte("app"), "").SHA256 + " USER", "cred fw_cfg 1 secret OTHER"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("report lacks %q:\n%s", want, text)
+		}
+	}
+	out.Reset()
+	Report(&out, got, true)
+	if !strings.Contains(out.String(), pw) {
+		t.Error("a test guest's report lacks the digest")
+	}
+
+	// A differing secret is reported by size only.
+	got[1] = found("PASSWORD", []byte("hunter3"), "fw_cfg")
+	_, problems, _ := Verify(got)
+	if len(problems) != 1 || problems[0].String() != "PASSWORD: differs: 7 bytes, expected 7 bytes with another digest" {
+		t.Errorf("problems = %v", problems)
+	}
+
+	v1 := "credvm-manifest 1\n" + pw + " 7 PASSWORD\nend 1\n"
+	entries, err := cred.ParseManifest([]byte(v1))
+	if err != nil || len(entries) != 1 || !entries[0].Secret || entries[0].Name != "PASSWORD" {
+		t.Errorf("v1 manifest: %+v %v", entries, err)
+	}
+}

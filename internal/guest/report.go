@@ -9,12 +9,14 @@ import (
 // guest's console, so the host can pick them out of the boot messages.
 const ReportPrefix = "credvm-guest: "
 
-// Report prints each credential (source, size, digest, name — never the
-// value) and the result of verifying them, and reports whether all
-// arrived whole.
-func Report(w io.Writer, creds []Found) bool {
-	for _, c := range creds {
-		fmt.Fprintf(w, "%scred %s %d %s %s\n", ReportPrefix, c.Source, c.Size, c.SHA256, c.Name)
+// Report prints each credential (source, size, digest — "secret" for a
+// secret unless showSecrets —, name; never the value) and the result of
+// verifying them, and reports whether all arrived whole. Only test guests
+// show secrets' digests: the console log is kept on the host, and a plain
+// SHA-256 of a low-entropy secret is a brute-force away from it.
+func Report(w io.Writer, creds []Found, showSecrets bool) bool {
+	for _, c := range Classify(creds) {
+		fmt.Fprintf(w, "%scred %s %d %s %s\n", ReportPrefix, c.Source, c.Size, c.Shown(showSecrets), c.Name)
 	}
 	ok, problems, err := Verify(creds)
 	switch {

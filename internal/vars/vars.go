@@ -99,6 +99,7 @@ const (
 
 // FileStatus is one file's state; it never holds a value.
 type FileStatus struct {
+	Machine   string `json:"machine"`
 	Generator string `json:"generator"`
 	File      string `json:"file"`
 	Secret    bool   `json:"secret"`
@@ -158,7 +159,7 @@ func (e *Engine) generatorStatus(m *spec.Machine, g *spec.Generator, deps map[st
 	gs.meta = meta
 	missing := 0
 	for _, f := range g.SortedFiles() {
-		fs := FileStatus{Generator: g.Name, File: f.Name, Secret: f.IsSecret(), Shared: g.Share, Deploy: f.IsDeployed(), Status: StatusOK}
+		fs := FileStatus{Machine: m.Name, Generator: g.Name, File: f.Name, Secret: f.IsSecret(), Shared: g.Share, Deploy: f.IsDeployed(), Status: StatusOK}
 		fdir := filepath.Join(dir, f.Name)
 		want, other := "value", "secret"
 		if f.IsSecret() {

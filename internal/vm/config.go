@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -84,8 +85,17 @@ func ConfigHash(m *spec.Machine) string {
 
 // Diff lists what changed between two configurations, one line each, like
 // microvm's closure diff: "vm.mem: 512 → 1024".
-func Diff(old, new *spec.Machine) []string {
-	a, b := flatten(resolve(old)), flatten(resolve(new))
+//
+// oldFiles are the boot files' identities when old was recorded (the
+// files themselves may have changed since: that is the change to show).
+func Diff(old *spec.Machine, oldFiles map[string]string, new *spec.Machine) []string {
+	ra := resolve(old)
+	for p, id := range oldFiles {
+		if _, ok := ra.Files[p]; ok {
+			ra.Files[p] = id
+		}
+	}
+	a, b := flatten(ra), flatten(resolve(new))
 	var keys []string
 	for k := range a {
 		keys = append(keys, k)
@@ -105,11 +115,21 @@ func Diff(old, new *spec.Machine) []string {
 			out = append(out, fmt.Sprintf("+ %s: %s", k, vb))
 		case !inB:
 			out = append(out, fmt.Sprintf("- %s: %s", k, va))
+		case va != vb && strings.HasPrefix(k, "files."):
+			out = append(out, fmt.Sprintf("~ boot file %s changed: %s → %s", strings.TrimPrefix(k, "files."), unquote(va), unquote(vb)))
 		case va != vb:
 			out = append(out, fmt.Sprintf("~ %s: %s → %s", k, va, vb))
 		}
 	}
 	return out
+}
+
+// unquote is a flattened JSON string's text.
+func unquote(v string) string {
+	if u, err := strconv.Unquote(v); err == nil {
+		return u
+	}
+	return v
 }
 
 func flatten(r resolved) map[string]string {

@@ -111,13 +111,18 @@ type CredentialRow struct {
 	Encoding string `json:"encoding"`
 	// SHA256 is given for public values only: a secret's digest would let
 	// anyone test guesses.
-	SHA256 string `json:"sha256"`
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // CredentialsReport is what `credvm creds show` prints: the plan and a
 // row per credential, the manifest included.
 type CredentialsReport struct {
-	Machine string `json:"machine"`
+	Name string `json:"name"`
+	// Created: the machine is a created VM, and the report is of its
+	// configuration, which a start uses; Note says when the machine file
+	// was edited since.
+	Created bool   `json:"created"`
+	Note    string `json:"note,omitempty"`
 	*cred.Plan
 	Credentials []CredentialRow `json:"credentials"`
 }
@@ -125,7 +130,25 @@ type CredentialsReport struct {
 // ShowCredentials decrypts the machine's credentials to measure them and
 // plans their transport, as a start would now; values are wiped, never
 // returned.
-func ShowCredentials(e *vars.Engine, m *spec.Machine, machineKeyFile string) (*CredentialsReport, error) {
+//
+// For a created VM of this repository (s), it reports the VM's own
+// configuration — what a start uses — not the machine file, if that was
+// edited since, and says so.
+func ShowCredentials(e *vars.Engine, m *spec.Machine, s StateDir, machineKeyFile string) (*CredentialsReport, error) {
+	created, note := false, ""
+	if s.Exists() {
+		if reg, err := s.Registration(); err == nil && reg.Repo == e.Repo.Root {
+			cur, err := reg.Machine()
+			if err != nil {
+				return nil, err
+			}
+			created = true
+			if ConfigHash(m) != reg.Current.Hash {
+				note = (&Target{Machine: cur}).EditedNotice()
+			}
+			m = cur
+		}
+	}
 	var mk *sops.Identities
 	if machineKeyFile != "" {
 		var err error
@@ -143,7 +166,7 @@ func ShowCredentials(e *vars.Engine, m *spec.Machine, machineKeyFile string) (*C
 		return nil, err
 	}
 	defer wipe(plan.Credentials)
-	rep := &CredentialsReport{Machine: m.Name, Plan: plan}
+	rep := &CredentialsReport{Name: m.Name, Created: created, Note: note, Plan: plan}
 	for _, c := range plan.Credentials {
 		row := CredentialRow{Name: c.Name, Source: c.Source, Secret: c.Secret, Size: len(c.Value), Encoding: "text"}
 		if c.IsBinary() {

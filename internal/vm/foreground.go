@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
 
@@ -50,6 +51,15 @@ type Target struct {
 	Repo       *repo.Repo
 	Machine    *spec.Machine
 	ConfigHash string
+	// Edited: the repository's machine file differs from the created
+	// VM's configuration, which is what runs until `credvm update`.
+	Edited bool
+}
+
+// EditedNotice is what run and creds show say about an Edited target.
+func (t *Target) EditedNotice() string {
+	file := path.Join(repo.PathsOf(t.Machine.Name).Dir, filepath.Base(t.Machine.File))
+	return fmt.Sprintf("%s changed since the VM's last create or update; the VM uses the configuration it has (credvm update %s applies the edit)", file, t.Machine.Name)
 }
 
 // Resolve finds the target for a name.
@@ -59,7 +69,11 @@ func Resolve(s StateDir, openRepo func() (*repo.Repo, error)) (*Target, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &Target{Repo: r, Machine: m, ConfigHash: reg.Current.Hash}, nil
+		t := &Target{Repo: r, Machine: m, ConfigHash: reg.Current.Hash}
+		if edited, err := r.Machine(s.Name); err == nil && ConfigHash(edited) != reg.Current.Hash {
+			t.Edited = true
+		}
+		return t, nil
 	}
 	r, err := openRepo()
 	if err != nil {
@@ -87,6 +101,9 @@ func Run(ctx context.Context, o RunOptions) (res *Result, err error) {
 	}
 	if err := vars.RecoverIfNeeded(t.Repo); err != nil {
 		return nil, err
+	}
+	if t.Edited && o.Notices != nil {
+		fmt.Fprintf(o.Notices, "%s: %s\n", t.Machine.Name, t.EditedNotice())
 	}
 	user := o.User
 	if user == nil {

@@ -105,7 +105,7 @@ func updateRegistration(s StateDir) (*UpdateResult, error) {
 	if cfg.Hash == reg.Current.Hash {
 		return res, nil
 	}
-	res.Changed, res.Diff = true, Diff(old, m)
+	res.Changed, res.Diff = true, Diff(old, reg.Current.Files, m)
 	reg.Current = cfg
 	return res, s.SaveRegistration(reg)
 }

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,8 @@ import (
 
 	"github.com/credvm/credvm/internal/hypervisor"
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/spec"
+	"github.com/credvm/credvm/internal/tail"
 	"github.com/credvm/credvm/internal/vars"
 )
 
@@ -19,8 +22,11 @@ const (
 	StatusOutdated = "outdated"
 	// Stale: running an older configuration or older vars than current.
 	StatusStale = "stale"
-	// NotBooted: not running.
+	// NotBooted: created, never run.
 	StatusNotBooted = "not booted"
+	// Stopped: its last run ended cleanly (credvm stop, or the guest
+	// powered off).
+	StatusStopped = "stopped"
 	// Failed: the last run ended in an error.
 	StatusFailed = "failed"
 )
@@ -46,7 +52,12 @@ type Status struct {
 	// HypervisorState is what the running hypervisor itself reports.
 	HypervisorState string `json:"hypervisor_state,omitempty"`
 	ConsoleLog      string `json:"console_log"`
+	// Console holds the console's last lines (with Probe).
+	Console []string `json:"console"`
 }
+
+// consoleLines is how many of the console's last lines status shows.
+const consoleLines = 5
 
 // Inspect computes a VM's status; see Inspector.
 func Inspect(s StateDir, probe bool) (*Status, error) {
@@ -90,7 +101,10 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Name: s.Name, Repo: reg.Repo, ConfigHash: reg.Current.Hash, ConsoleLog: s.Console()}
+	st := &Status{Name: s.Name, Repo: reg.Repo, ConfigHash: reg.Current.Hash, ConsoleLog: s.Console(), Reasons: []string{}, Console: []string{}}
+	if probe {
+		st.Console = s.lastConsoleLines(consoleLines)
+	}
 	st.Running, st.SupervisorPID = s.Running()
 	var rec *RunRecord
 	if _, err := os.Stat(s.RunLock()); err == nil {
@@ -118,6 +132,10 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 		}
 	}
 	outdated := len(st.Reasons) > 0
+	fixVars := ""
+	if !st.Running && r != nil {
+		fixVars = in.varsProblem(st, r, reg)
+	}
 
 	switch {
 	case st.Running:
@@ -169,10 +187,54 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 		}
 	case outdated:
 		st.Status, st.Fix = StatusOutdated, "credvm update "+s.Name
+	case rec != nil && rec.State == RunExited:
+		st.Status, st.Fix = StatusStopped, "credvm start "+s.Name
 	default:
 		st.Status, st.Fix = StatusNotBooted, "credvm start "+s.Name
 	}
+	if fixVars != "" && !st.Running {
+		// A start would be refused: say what makes it work.
+		st.Fix = fixVars + " && " + st.Fix
+	}
 	return st, nil
+}
+
+// varsProblem adds a reason when the VM's vars are missing or outdated —
+// a start would be refused — and returns the command that fixes them.
+func (in *Inspector) varsProblem(st *Status, r *repo.Repo, reg *Registration) string {
+	m, err := reg.Machine()
+	if err != nil {
+		return ""
+	}
+	problems, err := (&vars.Engine{Repo: r}).Check([]*spec.Machine{m})
+	if err != nil || len(problems) == 0 {
+		return ""
+	}
+	var gens []string
+	for _, p := range problems {
+		gens = append(gens, p.Generator+" "+p.Status)
+	}
+	st.Reasons = append(st.Reasons, "vars not ready, so a start would be refused: "+strings.Join(gens, ", "))
+	return "credvm vars generate " + st.Name
+}
+
+// lastConsoleLines are the console log's last n lines, terminal escapes
+// and blank lines dropped.
+func (s StateDir) lastConsoleLines(n int) []string {
+	log, err := s.OpenConsole(n + 5)
+	if err != nil {
+		return []string{}
+	}
+	defer log.Close()
+	t := &tail.Lines{Keep: n}
+	if err := log.Copy(context.Background(), t, false); err != nil {
+		return []string{}
+	}
+	lines := t.Lines()
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return append([]string{}, lines...)
 }
 
 // FirstLine is an error's first line, for one-line displays.

@@ -126,6 +126,12 @@ func TestInspectStates(t *testing.T) {
 			f.hold(nil).Release()
 			f.state.SaveRunRecord(current)
 		}, StatusFailed, "credvm start vm1", ""},
+		{"stopped cleanly", func() {
+			rec := *current
+			rec.State, rec.Ended = RunExited, time.Now()
+			f.hold(nil).Release()
+			f.state.SaveRunRecord(&rec)
+		}, StatusStopped, "credvm start vm1", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -320,5 +326,21 @@ func TestConsoleLastLines(t *testing.T) {
 		if out.String() != tc.want {
 			t.Errorf("%q, last %d: got %q, want %q", tc.log, tc.lines, out.String(), tc.want)
 		}
+	}
+}
+
+// A VM whose vars are missing would be refused at start: the fix says to
+// generate them first (list's FIX used to say `credvm start`, which failed
+// again).
+func TestStatusVarsNotReady(t *testing.T) {
+	f := newFixture(t)
+	f.writeMachine(vm1 + "[vars.generators.g]\nscript = 'printf x > \"$out/f\"'\nfiles.f = {}\n")
+	f.create()
+	st := f.status()
+	if st.Status != StatusNotBooted || st.Fix != "credvm vars generate vm1 && credvm start vm1" {
+		t.Errorf("status %q, fix %q", st.Status, st.Fix)
+	}
+	if len(st.Reasons) != 1 || st.Reasons[0] != "vars not ready, so a start would be refused: g missing" {
+		t.Errorf("reasons %q", st.Reasons)
 	}
 }

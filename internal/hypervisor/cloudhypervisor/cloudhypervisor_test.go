@@ -78,7 +78,7 @@ socket = "/run/virtiofsd.sock"
 	if !c.Memory.Shared || c.Memory.Size != 768<<20 || c.Cpus.BootVcpus != 2 || c.Vsock.Cid != 7 {
 		t.Errorf("config: %s", b)
 	}
-	if len(c.Platform.OEMStrings) != 4 || !strings.HasPrefix(c.Platform.OEMStrings[0], "io.systemd.credential:credvm.manifest=credvm-manifest 1\n") {
+	if len(c.Platform.OEMStrings) != 4 || !strings.HasPrefix(c.Platform.OEMStrings[0], "io.systemd.credential:credvm.manifest=credvm-manifest 2\n") {
 		t.Errorf("oem strings: %q", c.Platform.OEMStrings)
 	}
 }

@@ -53,7 +53,7 @@ func TestPlan(t *testing.T) {
 			if !strings.Contains(args, `"systemd.set_credential=GREETING:hello world"`) && tt.name != "binary on 254" {
 				t.Errorf("a value with a space must be quoted: %s", args)
 			}
-			if !strings.Contains(args, "systemd.set_credential=credvm.manifest:Y3JlZHZtLW1hbmlmZXN0IDEK") {
+			if !strings.Contains(args, "systemd.set_credential=credvm.manifest:Y3JlZHZtLW1hbmlmZXN0IDIK") {
 				t.Errorf("the manifest travels base64-encoded: %s", args)
 			}
 		})

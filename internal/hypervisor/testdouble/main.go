@@ -381,7 +381,7 @@ func (d *double) chBoot() {
 	if err != nil {
 		fmt.Fprintf(&out, "test-double: %v\n", err)
 	}
-	guest.Report(&out, creds)
+	guest.Report(&out, creds, true)
 	if sock == "" {
 		return
 	}
@@ -405,5 +405,5 @@ func (d *double) fcBoot() {
 	d.mu.Unlock()
 	creds := guest.ParseCmdline(args)
 	fmt.Fprintf(d.console, "test-double: booted with kernel command line of %d bytes\n", len(args))
-	guest.Report(d.console, creds)
+	guest.Report(d.console, creds, true)
 }
