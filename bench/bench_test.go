@@ -353,7 +353,7 @@ func listFixture(b *testing.B, n int) *fixture {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := vm.Create(vm.StateDir{Root: f.state, Name: name}, r, m); err != nil {
+		if _, err := vm.Create(vm.StateDir{Root: f.state, Name: name}, r, m); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -179,7 +179,7 @@ func TestLargeCredential(t *testing.T) {
 
 	r.machine("big-smbios", vmSection("systemd", `transport = "smbios"`)+"[credentials]\nAPI_KEY = { file = "+strconv.Quote(p)+" }\n")
 	out, err := r.credvmErr("run", "big-smbios", "--state-dir", r.state)
-	if err == nil || !strings.Contains(out, "credvm: vm big-smbios: cannot use the forced transport smbios: the credentials need 22034 bytes of SMBIOS type 11") ||
+	if err == nil || !strings.Contains(out, "credvm: vm big-smbios: cannot use the forced transport smbios: the credentials need 22041 bytes of SMBIOS type 11") ||
 		!strings.Contains(out, "reads only 4096; the guest would get cut or missing credentials, so it is not started") {
 		t.Errorf("forced SMBIOS with 16 KiB: %v\n%s", err, out)
 	}
@@ -269,7 +269,7 @@ func TestMicrovm(t *testing.T) {
 			r.machine("micro", toml.String())
 			b := r.run("micro")
 			b.mustVerify(t)
-			if !strings.Contains(b.stderr, "30 credentials via fw_cfg (SMBIOS never reaches a QEMU microvm guest)") {
+			if !strings.Contains(b.stderr, "30 credentials via fw_cfg: SMBIOS never reaches a QEMU microvm guest") {
 				t.Errorf("microvm transport:\n%s", b.stderr)
 			}
 			if len(b.creds) != 31 {

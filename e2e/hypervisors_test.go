@@ -143,7 +143,7 @@ func TestOtherHypervisors(t *testing.T) {
 				t.Errorf("status:\n%s", status)
 			}
 			r.credvm("stop", "app-vm-01", "--state-dir", r.state)
-			if got := r.list(t)["app-vm-01"]; got != "not booted|false|credvm start app-vm-01" {
+			if got := r.list(t)["app-vm-01"]; got != "stopped|false|credvm start app-vm-01" {
 				t.Errorf("after stop: %s", got)
 			}
 

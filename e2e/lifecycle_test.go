@@ -92,7 +92,7 @@ func TestLifecycle(t *testing.T) {
 	if out, err := r.credvmErr("create", name, "--state-dir", r.state); err == nil || !strings.Contains(out, "vm lc1 already exists") {
 		t.Errorf("second create: %v %s", err, out)
 	}
-	if got := st(); got != "not booted|false|credvm start lc1" {
+	if got := st(); got != "not booted|false|credvm vars generate lc1 && credvm start lc1" {
 		t.Errorf("after create: %s", got)
 	}
 	// Missing vars: start says what to run and starts nothing.
@@ -178,7 +178,7 @@ func TestLifecycle(t *testing.T) {
 
 	// Two concurrent starts of a stopped VM: one VM.
 	r.credvm("stop", name, "--state-dir", r.state)
-	if got := st(); got != "not booted|false|credvm start lc1" {
+	if got := st(); got != "stopped|false|credvm start lc1" {
 		t.Errorf("after stop: %s", got)
 	}
 	var wg sync.WaitGroup

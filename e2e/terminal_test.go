@@ -24,6 +24,8 @@ type ptySession struct {
 	mu   sync.Mutex
 	seen bytes.Buffer
 	done chan error
+	// expected counts each expect's text, so a repeated prompt is waited for.
+	expected map[string]int
 }
 
 func (r *repo) onTerminal(stdin io.Reader, args ...string) *ptySession {
@@ -62,17 +64,25 @@ func (r *repo) onTerminal(stdin io.Reader, args ...string) *ptySession {
 	return s
 }
 
-// expect waits until the terminal has shown want.
+// expect waits until the terminal has shown want once more than it had
+// at the last expect of it: a prompt asked again is waited for again.
 func (s *ptySession) expect(want string) {
 	s.t.Helper()
+	if s.expected == nil {
+		s.expected = map[string]int{}
+	}
+	s.expected[want]++
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if strings.Contains(s.output(), want) {
+		if strings.Count(s.output(), want) >= s.expected[want] {
+			// The prompt is out; give credvm a moment to turn echo off
+			// (typed-ahead input is echoed when it arrives).
+			time.Sleep(100 * time.Millisecond)
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.t.Fatalf("the terminal did not show %q:\n%s", want, s.output())
+	s.t.Fatalf("the terminal did not show %q %d times:\n%s", want, s.expected[want], s.output())
 }
 
 // typeLine types a line and Enter.
@@ -125,9 +135,9 @@ files.user = { secret = false }
 	s.expect("m/db: admin password (again): ")
 	s.typeLine("hunter3")
 	s.expect("the two answers differ; once more")
-	s.expect("admin password (hidden): ")
+	s.expect("m/db: admin password (hidden): ")
 	s.typeLine("hunter2")
-	s.expect("(again): ")
+	s.expect("m/db: admin password (again): ")
 	s.typeLine("hunter2")
 	s.expect("m/db: user: ")
 	s.typeLine("app")

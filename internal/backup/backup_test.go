@@ -84,7 +84,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := vm.Create(s, r, m); err != nil {
+	if _, err := vm.Create(s, r, m); err != nil {
 		t.Fatal(err)
 	}
 	archive := filepath.Join(t.TempDir(), "b.tgz")

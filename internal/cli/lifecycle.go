@@ -15,14 +15,28 @@ import (
 )
 
 func newCreateCmd(g *globals) *cobra.Command {
+	var asJSON bool
 	cmd := g.newMachinesCmd("create MACHINE...", "Register machines of the repository as VMs (their state under the state directory)", true,
 		func(e *vars.Engine, ms []*spec.Machine) error {
 			var errs []error
+			out := []*vm.Created{}
 			for _, m := range ms {
-				errs = append(errs, g.create(e.Repo, m))
+				res, err := vm.Create(g.state(m.Name), e.Repo, m)
+				errs = append(errs, err)
+				if res == nil {
+					continue
+				}
+				out = append(out, res)
+				if !asJSON {
+					g.printCreated(res)
+				}
+			}
+			if asJSON {
+				g.printJSON(out)
 			}
 			return errors.Join(errs...)
 		})
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was created as JSON (a list)")
 	cmd.Long = `Register machines/NAME of the repository (found from the current
 directory, or --repo) as a VM: its state directory records the repository
 and the machine file as it is now — the VM's current configuration, which
@@ -39,14 +53,9 @@ func names(ms []*spec.Machine) []string {
 	return out
 }
 
-func (g *globals) create(r *repo.Repo, m *spec.Machine) error {
-	s := g.state(m.Name)
-	if err := vm.Create(s, r, m); err != nil {
-		return err
-	}
-	fmt.Fprintf(g.stdout, "%s: created from %s (state %s)\n", m.Name, r.Root, s.Path())
-	g.printHostPaths(vm.HostPaths(r, m))
-	return nil
+func (g *globals) printCreated(res *vm.Created) {
+	fmt.Fprintf(g.stdout, "%s: created from %s (state %s)\n", res.Name, res.Repo, res.StatePath)
+	g.printHostPaths(res.HostPaths)
 }
 
 // printHostPaths shows the host files outside the repository a VM reads.
@@ -61,27 +70,44 @@ func (g *globals) printHostPaths(paths []vm.HostPath) {
 }
 
 func newUpdateCmd(g *globals) *cobra.Command {
-	var restart bool
+	var restart, asJSON bool
 	var timeout time.Duration
 	cmd := g.newVMsCmd("update NAME...", "Apply the repository's current machine file to VMs, showing what changed; -R restarts those running something older",
 		func(names []string) error {
-			return each(names, func(n string) error { return g.update(n, restart, timeout) })
+			if !asJSON {
+				return each(names, func(n string) error { return g.update(n, restart, timeout) })
+			}
+			out := []*vm.UpdateResult{}
+			err := each(names, func(n string) error {
+				res, err := g.updateOne(n, restart, timeout)
+				if res != nil {
+					out = append(out, res)
+				}
+				return err
+			})
+			g.printJSON(out)
+			return err
 		})
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what changed as JSON (a list)")
 	cmd.Flags().BoolVarP(&restart, "restart", "R", false, "restart VMs whose running configuration or vars differ from the updated ones")
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", vm.DefaultShutdownTimeout, "how long a guest gets to power off on restart")
 	return cmd
 }
 
 func (g *globals) update(name string, restart bool, timeout time.Duration) error {
-	var o vm.UpdateOptions
-	if restart {
-		o.Restart = g.startOptions(timeout)
-	}
-	res, err := vm.Update(g.state(name), o)
+	res, err := g.updateOne(name, restart, timeout)
 	if res != nil {
 		g.printUpdate(res, restart)
 	}
 	return err
+}
+
+func (g *globals) updateOne(name string, restart bool, timeout time.Duration) (*vm.UpdateResult, error) {
+	var o vm.UpdateOptions
+	if restart {
+		o.Restart = g.startOptions(timeout)
+	}
+	return vm.Update(g.state(name), o)
 }
 
 func (g *globals) printUpdate(res *vm.UpdateResult, restart bool) {
@@ -103,27 +129,39 @@ func (g *globals) printUpdate(res *vm.UpdateResult, restart bool) {
 }
 
 func newDestroyCmd(g *globals) *cobra.Command {
-	var purge, yes bool
+	var purge, yes, asJSON bool
 	var timeout time.Duration
 	cmd := g.newVMsCmd("destroy NAME...", "Stop VMs and remove their state; their vars stay in the repository unless --purge-vars",
 		func(names []string) error {
-			return each(names, func(n string) error { return g.destroy(g.state(n), purge, yes, timeout) })
+			out := []*vm.DestroyResult{}
+			err := each(names, func(n string) error {
+				res, err := g.destroy(g.state(n), purge, yes, timeout, !asJSON)
+				if res != nil {
+					out = append(out, res)
+				}
+				return err
+			})
+			if asJSON {
+				g.printJSON(out)
+			}
+			return err
 		})
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was removed as JSON (a list)")
 	cmd.Flags().BoolVar(&purge, "purge-vars", false, "also delete the machine's vars, their history and its age key from the repository (committed in git; asks first)")
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "with --purge-vars: do not ask (needed without a terminal)")
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", 0, "how long the guest gets to power off (default: the timeout it was started with)")
 	return cmd
 }
 
-func (g *globals) destroy(s vm.StateDir, purge, yes bool, timeout time.Duration) error {
+func (g *globals) destroy(s vm.StateDir, purge, yes bool, timeout time.Duration, text bool) (*vm.DestroyResult, error) {
 	var res *vm.DestroyResult
 	err := g.confirmed(func(accepted []*repo.ConfirmationError) error {
 		var err error
 		res, err = vm.Destroy(s, vm.DestroyOptions{PurgeVars: purge, ConfirmPurge: yes || accepts(accepted, vm.PurgeConfirm) != nil, ShutdownTimeout: timeout})
 		return err
 	})
-	if res == nil {
-		return err
+	if res == nil || !text {
+		return res, err
 	}
 	if res.Removed {
 		fmt.Fprintf(g.stdout, "%s: destroyed (state %s removed)\n", res.Name, res.StatePath)
@@ -134,5 +172,5 @@ func (g *globals) destroy(s vm.StateDir, purge, yes bool, timeout time.Duration)
 	case purge && err == nil:
 		fmt.Fprintf(g.stdout, "%s: no vars or machine key to remove\n", res.Name)
 	}
-	return err
+	return res, err
 }

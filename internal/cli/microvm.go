@@ -60,7 +60,12 @@ Installing credvm as (or linking it to) "microvm" makes ` + "`microvm -l`" + ` w
 				if err != nil {
 					return err
 				}
-				return g.create(r, m)
+				res, err := vm.Create(g.state(m.Name), r, m)
+				if err != nil {
+					return err
+				}
+				g.printCreated(res)
+				return nil
 			case len(a.update) > 0:
 				return each(a.update, func(n string) error { return g.update(n, a.restart, vm.DefaultShutdownTimeout) })
 			case a.run != "":

@@ -4,12 +4,14 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
@@ -72,14 +74,76 @@ func vmCompletion(g *globals) func(*cobra.Command, []string, string) ([]string, 
 	}
 }
 
+// machineNameCompletion completes machine names — and, after one, that
+// machine's GENERATOR/FILE for vars get and vars set.
 func machineNameCompletion(g *globals) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 	return func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
 		r, err := g.openRepo()
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
+		if len(args) == 1 && (cmd.Name() == "get" || cmd.Name() == "set") {
+			return varRefs(r, args[0]), cobra.ShellCompDirectiveNoFileComp
+		}
 		names, _ := r.MachineNames()
 		return names, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// varRefs are a machine's GENERATOR/FILE names.
+func varRefs(r *repo.Repo, machine string) []string {
+	m, err := r.Machine(machine)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, gen := range m.SortedGenerators() {
+		for _, f := range gen.SortedFiles() {
+			out = append(out, gen.Name+"/"+f.Name)
+		}
+	}
+	return out
+}
+
+// completeFlags registers completions for the flags commands share:
+// --tag (the inventory's tags), --generator (the generators of the named
+// machines, or of all), --sandbox (its modes).
+func completeFlags(g *globals, c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		completeFlags(g, sub)
+	}
+	if c.Flags().Lookup("tag") != nil {
+		c.RegisterFlagCompletionFunc("tag", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+			r, err := g.openRepo()
+			if err != nil {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			return r.Inventory.Tags(), cobra.ShellCompDirectiveNoFileComp
+		})
+	}
+	if c.Flags().Lookup("generator") != nil {
+		c.RegisterFlagCompletionFunc("generator", func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+			r, err := g.openRepo()
+			if err != nil {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			if len(args) == 0 {
+				args, _ = r.MachineNames()
+			}
+			var out []string
+			for _, n := range args {
+				if m, err := r.Machine(n); err == nil {
+					for _, gen := range m.SortedGenerators() {
+						out = append(out, gen.Name)
+					}
+				}
+			}
+			slices.Sort(out)
+			return slices.Compact(out), cobra.ShellCompDirectiveNoFileComp
+		})
+	}
+	if c.Flags().Lookup("sandbox") != nil {
+		c.RegisterFlagCompletionFunc("sandbox", cobra.FixedCompletions([]string{"auto", "bwrap", "namespaces", "none"}, cobra.ShellCompDirectiveNoFileComp))
 	}
 }
 

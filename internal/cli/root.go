@@ -102,6 +102,7 @@ vars/), or named with --repo or $CREDVM_REPO.`,
 		newStatusCmd(g), newListCmd(g), newLogsCmd(g), newMicrovmCmd(g), newSystemdCmd(g), newRotateCmd(g),
 		newCloneCmd(g), newBackupCmd(g), newRestoreCmd(g), newImageCmd(g), newInitCmd(g))
 	strictGroups(root)
+	completeFlags(g, root)
 	return root
 }
 

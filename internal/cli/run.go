@@ -49,7 +49,7 @@ passes one (LoadCredentialEncrypted=age-key:…).`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: machineNameCompletion(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o.State, o.OpenRepo, o.Notices, o.Supervised = g.state(args[0]), g.openRepo, g.stderr, supervised
+			o.State, o.OpenRepo, o.Notices, o.Supervised, o.Verbose = g.state(args[0]), g.openRepo, g.stderr, supervised, g.verbose
 			if !quiet && !supervised {
 				o.Console = g.stdout
 			}
@@ -88,8 +88,23 @@ func (g *globals) printStarted(st *vm.Started) {
 
 func newStartCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
+	var asJSON bool
 	cmd := g.newVMsCmd("start NAME...", "Start VMs in the background, supervised (a running VM is reported with its pid)",
-		func(names []string) error { return each(names, func(n string) error { return g.start(n, timeout) }) })
+		func(names []string) error {
+			out := []*vm.Started{}
+			err := each(names, func(n string) error {
+				st, err := g.start(n, timeout, !asJSON)
+				if st != nil {
+					out = append(out, st)
+				}
+				return err
+			})
+			if asJSON {
+				g.printJSON(out)
+			}
+			return err
+		})
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was started as JSON (a list; an already running VM has already_running)")
 	cmd.Long = `Start each VM in the background under a credvm supervisor that holds the
 VM's lock, records the run, keeps the console in console.log and, when
 stopped, powers the guest off. start returns once the hypervisor runs, or
@@ -98,20 +113,24 @@ says why it could not start (missing vars: run ` + "`credvm vars generate NAME`"
 	return cmd
 }
 
-func (g *globals) start(name string, timeout time.Duration) error {
+func (g *globals) start(name string, timeout time.Duration, text bool) (*vm.Started, error) {
 	o := g.startOptions(timeout)
 	o.State = g.state(name)
 	st, err := vm.Start(*o)
 	var re *vm.RunningError
 	if errors.As(err, &re) {
-		fmt.Fprintf(g.stdout, "%s: already running (pid %d)\n", name, re.PID)
-		return nil
+		if text {
+			fmt.Fprintf(g.stdout, "%s: already running (pid %d)\n", name, re.PID)
+		}
+		return &vm.Started{Name: name, Supervisor: re.PID, AlreadyRunning: true}, nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
-	g.printStarted(st)
-	return nil
+	if text {
+		g.printStarted(st)
+	}
+	return st, nil
 }
 
 func newStopCmd(g *globals) *cobra.Command {
@@ -147,7 +166,8 @@ func newRestartCmd(g *globals) *cobra.Command {
 				if err := g.stop(n, 0); err != nil {
 					return err
 				}
-				return g.start(n, timeout)
+				_, err := g.start(n, timeout, true)
+				return err
 			})
 		})
 	cmd.Flags().DurationVar(&timeout, "shutdown-timeout", vm.DefaultShutdownTimeout, "how long the guest gets to power off")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"time"
 
@@ -50,6 +51,12 @@ func (g *globals) engine() (*vars.Engine, error) {
 	e := &vars.Engine{Repo: r, User: ids}
 	if g.verbose {
 		e.Log = g.stderr
+		fmt.Fprintf(g.stderr, "repository: %s\n", r.Root)
+		if len(ids.Sources) > 0 {
+			fmt.Fprintf(g.stderr, "your age key: %s\n", strings.Join(slices.Compact(slices.Clone(ids.Sources)), ", "))
+		} else {
+			fmt.Fprintf(g.stderr, "your age key: none (%s)\n", sops.NoKeyFix())
+		}
 	}
 	return e, nil
 }

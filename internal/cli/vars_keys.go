@@ -36,8 +36,9 @@ a new computer to add that computer's key.`,
 			}
 			out := struct {
 				*sops.UserKey
-				User string `json:"user,omitempty"`
-				Repo string `json:"repository,omitempty"`
+				// User and Repo are "" outside a repository.
+				User string `json:"user"`
+				Repo string `json:"repository"`
 			}{UserKey: key}
 			r, rerr := g.openRepo()
 			if rerr != nil && !errors.Is(rerr, repo.ErrNotFound) {
@@ -55,8 +56,8 @@ a new computer to add that computer's key.`,
 			if asJSON {
 				return g.printJSON(out)
 			}
-			if key.Created != "" {
-				fmt.Fprintf(g.stdout, "created age key %s\n", key.Created)
+			if key.Created {
+				fmt.Fprintf(g.stdout, "created age key %s\n", key.File)
 			}
 			fmt.Fprintf(g.stdout, "public key: %s\n", key.PublicKey)
 			if rerr != nil {

@@ -37,7 +37,7 @@ const (
 type Found struct {
 	Name   string `json:"name"`
 	Size   int    `json:"size"`
-	SHA256 string `json:"sha256"`
+	SHA256 string `json:"sha256,omitempty"`
 	Source string `json:"source"`
 	// Secret: the manifest says it is one, or it is not in the manifest
 	// (nothing says it is public). Its digest is not printed: see

@@ -79,6 +79,9 @@ type Launch struct {
 	Console io.Writer
 	// Notice prints one-line messages for the user.
 	Notice func(format string, args ...any)
+	// Detail, when not nil (-v), prints what helps debugging: a
+	// hypervisor's command line where it holds no secret.
+	Detail func(format string, args ...any)
 }
 
 // Instance is a running hypervisor.

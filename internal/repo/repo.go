@@ -79,8 +79,12 @@ func Open(root string) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !isDir(abs) {
-		return nil, fmt.Errorf("repository %s: not a directory", root)
+	if fi, err := os.Stat(abs); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("repository %s does not exist (check --repo or $%s)", root, EnvRepo)
+	} else if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", root, err)
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("repository %s is not a directory (check --repo or $%s)", root, EnvRepo)
 	}
 	r := &Repo{Root: abs}
 	settings, err := r.readOptional("credvm.toml")

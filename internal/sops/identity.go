@@ -111,6 +111,29 @@ func LoadUserIdentities() (*Identities, error) {
 	return ids, nil
 }
 
+// NoKeyFix says how to get a key when none was found: with
+// $SOPS_AGE_KEY_FILE set to a file that does not exist, that is what to
+// fix — not "set $SOPS_AGE_KEY_FILE".
+func NoKeyFix() string {
+	if p := os.Getenv(EnvAgeKeyFile); p != "" {
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Sprintf("$%s is %s, which does not exist: correct it, unset it, or run `credvm vars keygen` to create a key there", EnvAgeKeyFile, p)
+		}
+	}
+	return fmt.Sprintf("looked in $%s, $%s and %s: run `credvm vars keygen`", EnvAgeKeyFile, EnvAgeKey, defaultKeyFileShown())
+}
+
+func defaultKeyFileShown() string {
+	p, err := DefaultKeyFile()
+	if err != nil {
+		return "~/.config/sops/age/keys.txt"
+	}
+	if home, err := os.UserHomeDir(); err == nil && strings.HasPrefix(p, home+"/") {
+		return "~" + strings.TrimPrefix(p, home)
+	}
+	return p
+}
+
 // LoadIdentityFile reads one key file: an age identity file (age-keygen's
 // format) or an unencrypted OpenSSH ed25519/RSA private key, which age
 // uses as an identity too. Errors name the file.
@@ -166,8 +189,10 @@ func CreateKeyFile(path string) (string, error) {
 // UserKey is the user's age key as EnsureUserKey found or made it.
 type UserKey struct {
 	PublicKey string `json:"public_key"`
-	// Created is the file written, when there was no key.
-	Created string `json:"created,omitempty"`
+	// File is where the key is ($SOPS_AGE_KEY when it came from there).
+	File string `json:"key_file"`
+	// Created: there was no key, and File was written.
+	Created bool `json:"created"`
 }
 
 // EnsureUserKey returns the user's age public key (the first of the
@@ -179,7 +204,11 @@ func EnsureUserKey() (*UserKey, error) {
 		return nil, err
 	}
 	if len(ids.Recipients) > 0 {
-		return &UserKey{PublicKey: ids.Recipients[0]}, nil
+		src := ""
+		if len(ids.Sources) > 0 {
+			src = ids.Sources[0]
+		}
+		return &UserKey{PublicKey: ids.Recipients[0], File: src}, nil
 	}
 	p, err := UserKeyFile()
 	if err != nil {
@@ -189,5 +218,5 @@ func EnsureUserKey() (*UserKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &UserKey{PublicKey: pub, Created: p}, nil
+	return &UserKey{PublicKey: pub, File: p, Created: true}, nil
 }

@@ -71,6 +71,16 @@ func ParseInventory(path string, data []byte) (*Inventory, error) {
 }
 
 // Tagged returns the machines carrying tag, sorted.
+// Tags lists every tag of the inventory, sorted.
+func (inv *Inventory) Tags() []string {
+	var out []string
+	for _, m := range inv.Machines {
+		out = append(out, m.Tags...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 func (inv *Inventory) Tagged(tag string) []string {
 	var out []string
 	for name, m := range inv.Machines {

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/credvm/credvm/internal/words"
 	toml "github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 )
@@ -126,7 +128,13 @@ func decodeFile(path string, data []byte, v any) (*document, error) {
 			var ps Problems
 			for _, e := range sm.Errors {
 				key := strings.Join(e.Key(), ".")
-				p := doc.problem(key, "unknown key (check the spelling against the documentation in README.md)")
+				msg := "unknown key (check the spelling against the documentation in README.md)"
+				if k := e.Key(); len(k) > 0 {
+					if near := words.Nearest(k[len(k)-1], knownKeys(reflect.TypeOf(v), k[:len(k)-1])); near != "" {
+						msg = fmt.Sprintf("unknown key; did you mean %s?", near)
+					}
+				}
+				p := doc.problem(key, "%s", msg)
 				if !strings.HasSuffix(path, ".json") {
 					p.Line, _ = e.Position()
 				}
@@ -416,6 +424,37 @@ func sortedValues[V any](m map[string]V) []V {
 	out := make([]V, len(keys))
 	for i, k := range keys {
 		out[i] = m[k]
+	}
+	return out
+}
+
+// knownKeys are the TOML keys of the table at path in a value of type t
+// (map levels take any key), for suggesting the one a typo meant.
+func knownKeys(t reflect.Type, path []string) []string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if len(path) > 0 {
+		switch t.Kind() {
+		case reflect.Map, reflect.Slice:
+			return knownKeys(t.Elem(), path[1:])
+		case reflect.Struct:
+			for i := range t.NumField() {
+				f := t.Field(i)
+				if name, _, _ := strings.Cut(f.Tag.Get("toml"), ","); name == path[0] {
+					return knownKeys(f.Type, path[1:])
+				}
+			}
+		}
+		return nil
+	}
+	var out []string
+	if t.Kind() == reflect.Struct {
+		for i := range t.NumField() {
+			if name, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ","); name != "" && name != "-" {
+				out = append(out, name)
+			}
+		}
 	}
 	return out
 }

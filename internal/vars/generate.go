@@ -35,7 +35,7 @@ type GenerateOptions struct {
 
 // Result says what a Generate run did for one machine.
 type Result struct {
-	Machine string   `json:"machine"`
+	Machine string   `json:"name"`
 	Ran     []string `json:"generated"`
 }
 

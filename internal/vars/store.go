@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -54,7 +55,7 @@ func (e *Engine) recipientUsers() ([]string, error) {
 		return nil, errors.New("vars: no users in sops/users, so nobody could read the secrets: run `credvm vars keygen` first")
 	}
 	if e.User == nil || len(e.User.Recipients) == 0 {
-		return nil, errors.New("vars: no age key of yours found ($SOPS_AGE_KEY_FILE, $SOPS_AGE_KEY or ~/.config/sops/age/keys.txt): run `credvm vars keygen`")
+		return nil, errors.New("vars: no age key of yours found: " + sops.NoKeyFix())
 	}
 	me, err := e.Repo.UserFor(e.User.Recipients)
 	if err != nil {

@@ -201,13 +201,21 @@ func ParseRecipient(s string) (age.Recipient, error) {
 			s = strings.TrimSpace(string(b))
 		}
 	}
+	var r age.Recipient
+	var err error
 	switch {
 	case strings.HasPrefix(s, "age1"):
-		return age.ParseX25519Recipient(s)
+		r, err = age.ParseX25519Recipient(s)
 	case strings.HasPrefix(s, "ssh-"):
-		return agessh.ParseRecipient(s)
+		r, err = agessh.ParseRecipient(s)
+	default:
+		return nil, fmt.Errorf("--to %q: give an age recipient (age1…), an ssh-ed25519 public key, or a file holding one", s)
 	}
-	return nil, fmt.Errorf("--to %q: give an age recipient (age1…), an ssh-ed25519 public key, or a file holding one", s)
+	if err != nil {
+		// age's own message is about bech32 checksums; say what to do.
+		return nil, fmt.Errorf("--to %q is not a valid public key (it is cut or mistyped: copy the receiver's whole key, e.g. from `age-keygen -y` or its .pub file)", s)
+	}
+	return r, nil
 }
 
 // Seal encrypts a bundle to a recipient, ASCII-armored.

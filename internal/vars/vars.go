@@ -260,7 +260,7 @@ func (e *Engine) Get(machine string, m *spec.Machine, gen, file string) ([]byte,
 		}
 		if e.Repo.Exists(filepath.Join(d, "secret")) {
 			if e.User == nil || len(e.User.List) == 0 {
-				return nil, fmt.Errorf("vars %s/%s/%s: no age key to decrypt it: set $SOPS_AGE_KEY_FILE or run `credvm vars keygen`", machine, gen, file)
+				return nil, fmt.Errorf("vars %s/%s/%s: no age key of yours to decrypt it: %s", machine, gen, file, sops.NoKeyFix())
 			}
 			pt, err := e.Repo.DecryptSecret(d, machine, e.User)
 			if err != nil {

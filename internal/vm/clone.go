@@ -83,7 +83,7 @@ func Clone(ctx context.Context, o CloneOptions) (*CloneResult, error) {
 		}
 	}
 	if (StateDir{Root: o.StateRoot, Name: o.Src}).Exists() {
-		if err := Create(StateDir{Root: o.StateRoot, Name: o.Dst}, e.Repo, dst); err != nil {
+		if _, err := Create(StateDir{Root: o.StateRoot, Name: o.Dst}, e.Repo, dst); err != nil {
 			return res, err
 		}
 		res.Created = true

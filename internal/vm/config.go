@@ -224,7 +224,7 @@ type HostPath struct {
 // HostPaths lists the files outside r a machine's VM reads: its boot
 // files, disks, shares and `file =` credentials.
 func HostPaths(r *repo.Repo, m *spec.Machine) []HostPath {
-	var out []HostPath
+	out := []HostPath{}
 	add := func(what, p string) {
 		if rel, err := filepath.Rel(r.Root, p); p != "" && (err != nil || strings.HasPrefix(rel, "..")) {
 			out = append(out, HostPath{what, p})

@@ -42,6 +42,8 @@ type RunOptions struct {
 	// Systemd tells systemd the service is ready once the hypervisor
 	// runs (sd_notify), and stopping when it ends.
 	Systemd bool
+	// Verbose adds details to the notices: the hypervisor's command line.
+	Verbose bool
 }
 
 // Target is the machine a VM command acts on: a created VM runs its
@@ -129,7 +131,7 @@ func Run(ctx context.Context, o RunOptions) (res *Result, err error) {
 	res, err = boot(ctx, bootOptions{
 		Machine: t.Machine, Credentials: creds, State: o.State,
 		Console: o.Console, Notices: o.Notices, ShutdownTimeout: o.ShutdownTimeout,
-		ConfigHash: t.ConfigHash, VarsHash: VarsHash(e, t.Machine),
+		ConfigHash: t.ConfigHash, VarsHash: VarsHash(e, t.Machine), Verbose: o.Verbose,
 		Started: func(pid int, hypervisor string) {
 			hs.started(pid, hypervisor)
 			if o.Systemd {

@@ -13,23 +13,35 @@ import (
 )
 
 // Create registers a machine of a repository as a VM.
-func Create(s StateDir, r *repo.Repo, m *spec.Machine) error {
+func Create(s StateDir, r *repo.Repo, m *spec.Machine) (*Created, error) {
 	if err := s.Ensure(); err != nil {
-		return err
+		return nil, err
 	}
 	l, err := s.LockState()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer l.Release()
 	if s.Exists() {
-		return fmt.Errorf("vm %s already exists (%s); `credvm update %s` applies a changed configuration", s.Name, s.Path(), s.Name)
+		return nil, fmt.Errorf("vm %s already exists (%s); `credvm update %s` applies a changed configuration", s.Name, s.Path(), s.Name)
 	}
 	cfg, err := NewConfig(r, m)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return s.SaveRegistration(&Registration{Name: s.Name, Repo: r.Root, Created: cfg.Updated, Current: cfg})
+	if err := s.SaveRegistration(&Registration{Name: s.Name, Repo: r.Root, Created: cfg.Updated, Current: cfg}); err != nil {
+		return nil, err
+	}
+	return &Created{Name: s.Name, StatePath: s.Path(), Repo: r.Root, HostPaths: HostPaths(r, m)}, nil
+}
+
+// Created says what Create registered.
+type Created struct {
+	Name      string `json:"name"`
+	StatePath string `json:"state"`
+	Repo      string `json:"repository"`
+	// HostPaths are the files outside the repository the VM reads.
+	HostPaths []HostPath `json:"host_paths"`
 }
 
 // UpdateOptions configure Update.

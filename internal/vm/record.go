@@ -48,7 +48,7 @@ type RunRecord struct {
 	Hypervisor    string    `json:"hypervisor,omitempty"`
 	HypervisorPID int       `json:"hypervisor_pid,omitempty"`
 	Started       time.Time `json:"started"`
-	Ended         time.Time `json:"ended,omitempty"`
+	Ended         time.Time `json:"ended,omitzero"`
 	ExitCode      int       `json:"exit_code,omitempty"`
 	Signal        string    `json:"signal,omitempty"`
 	// ConfigHash and VarsHash are what the VM booted with.
@@ -56,7 +56,7 @@ type RunRecord struct {
 	VarsHash   string `json:"vars_hash"`
 	Transport  string `json:"transport"`
 	// ShutdownTimeout is how long the guest gets to power off.
-	ShutdownTimeout time.Duration `json:"shutdown_timeout"`
+	ShutdownTimeout Duration `json:"shutdown_timeout"`
 	// LastConsole holds the console's last lines when the run failed.
 	LastConsole []string `json:"last_console,omitempty"`
 	Error       string   `json:"error,omitempty"`
@@ -77,6 +77,31 @@ func (r *RunRecord) UnmarshalJSON(b []byte) error {
 	if r.HypervisorPID == 0 && v.QEMUPID != 0 {
 		r.HypervisorPID = v.QEMUPID
 	}
+	return nil
+}
+
+// Duration is a time.Duration that JSON writes as Go's duration text
+// ("30s") — a number of nanoseconds means nothing to a reader — and reads
+// from that or, as credvm ≤ 0.9 wrote it, from nanoseconds.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var ns int64
+	if err := json.Unmarshal(b, &ns); err == nil {
+		*d = Duration(ns)
+		return nil
+	}
+	var text string
+	if err := json.Unmarshal(b, &text); err != nil {
+		return fmt.Errorf("a duration: %w", err)
+	}
+	v, err := time.ParseDuration(text)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
 	return nil
 }
 

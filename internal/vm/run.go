@@ -36,6 +36,8 @@ type bootOptions struct {
 	// ConfigHash and VarsHash are recorded in run.json as what the VM
 	// booted with.
 	ConfigHash, VarsHash string
+	// Verbose adds details to the notices (-v).
+	Verbose bool
 }
 
 // RunningError says the VM already runs.
@@ -105,17 +107,21 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 	}
 
 	notice("%s via %s: %s", words.Plural(len(plan.Credentials)-1, "credential", "credentials"), plan.Transport, plan.Why)
-	inst, err := drv.Start(hypervisor.Launch{
+	launch := hypervisor.Launch{
 		Name: m.Name, VM: m.VM, Plan: plan, Dir: o.State.Path(),
 		Console: console, Notice: notice,
-	})
+	}
+	if o.Verbose {
+		launch.Detail = notice
+	}
+	inst, err := drv.Start(launch)
 	wipe(plan.Credentials)
 	if err != nil {
 		return nil, err
 	}
 	notice("%s started (pid %d); console log %s; Ctrl-C powers the guest off", drv.Name(), inst.PID(), o.State.Console())
 	rec := &RunRecord{State: RunRunning, Supervisor: os.Getpid(), Hypervisor: drv.Name(), HypervisorPID: inst.PID(), Started: time.Now().UTC(),
-		ConfigHash: o.ConfigHash, VarsHash: o.VarsHash, Transport: string(plan.Transport), ShutdownTimeout: o.ShutdownTimeout}
+		ConfigHash: o.ConfigHash, VarsHash: o.VarsHash, Transport: string(plan.Transport), ShutdownTimeout: Duration(o.ShutdownTimeout)}
 	if err := o.State.SaveRunRecord(rec); err != nil {
 		notice("cannot record the run: %v", err)
 	}

@@ -230,7 +230,12 @@ func (s StateDir) lastConsoleLines(n int) []string {
 	if err := log.Copy(context.Background(), t, false); err != nil {
 		return []string{}
 	}
-	lines := t.Lines()
+	var lines []string
+	for _, l := range t.Lines() {
+		if !strings.HasPrefix(l, "=== credvm:") { // credvm's own start banner
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

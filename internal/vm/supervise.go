@@ -79,8 +79,10 @@ type StartOptions struct {
 type Started struct {
 	Name          string `json:"name"`
 	Supervisor    int    `json:"supervisor_pid"`
-	Hypervisor    string `json:"hypervisor"`
-	HypervisorPID int    `json:"hypervisor_pid"`
+	Hypervisor    string `json:"hypervisor,omitempty"`
+	HypervisorPID int    `json:"hypervisor_pid,omitempty"`
+	// AlreadyRunning: the VM ran already (Supervisor is its pid).
+	AlreadyRunning bool `json:"already_running"`
 }
 
 // Start runs the VM in the background under a supervisor and returns once
@@ -111,7 +113,9 @@ func Start(o StartOptions) (*Started, error) {
 		return nil, err
 	}
 	defer devnull.Close()
-	cmd := exec.Command(o.Self, "run", o.State.Name, "--supervised",
+	// -v: supervisor.log (0600, in the state directory) keeps the
+	// hypervisor's command line for debugging.
+	cmd := exec.Command(o.Self, "run", o.State.Name, "--supervised", "-v",
 		"--state-dir", o.State.Root, "--shutdown-timeout", o.ShutdownTimeout.String())
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3 = ReadyFD
@@ -173,7 +177,7 @@ func Stop(s StateDir, timeout time.Duration) error {
 	}
 	rec, _ := s.RunRecord()
 	if timeout == 0 && rec != nil {
-		timeout = rec.ShutdownTimeout
+		timeout = time.Duration(rec.ShutdownTimeout)
 	}
 	if timeout == 0 {
 		timeout = DefaultShutdownTimeout

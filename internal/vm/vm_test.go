@@ -56,7 +56,7 @@ func (f *fixture) create() {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	if err := Create(f.state, f.repo, m); err != nil {
+	if _, err := Create(f.state, f.repo, m); err != nil {
 		f.t.Fatal(err)
 	}
 }
@@ -189,7 +189,7 @@ func TestCreateTwiceAndDestroy(t *testing.T) {
 	f := newFixture(t)
 	f.create()
 	m, _ := f.repo.Machine("vm1")
-	if err := Create(f.state, f.repo, m); err == nil || !strings.Contains(err.Error(), "vm vm1 already exists") {
+	if _, err := Create(f.state, f.repo, m); err == nil || !strings.Contains(err.Error(), "vm vm1 already exists") {
 		t.Errorf("second create: %v", err)
 	}
 	for _, p := range []string{f.state.Path(), f.state.File("vm.json")} {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -104,6 +105,10 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 	}
 	cmd := exec.Command(Binary, args...)
 	cmd.ExtraFiles = append(append([]*os.File{}, files...), consoleW)
+	if l.Detail != nil {
+		// Never a secret on it: credentials go by inherited descriptors.
+		l.Detail("%s %s", Binary, strings.Join(args, " "))
+	}
 	p, err := hypervisor.StartProcess(cmd)
 	consoleW.Close()
 	if err != nil {
