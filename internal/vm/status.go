@@ -44,7 +44,7 @@ type Status struct {
 	Status        string `json:"status"`
 	// Reasons say why the status is what it is; Fix is the command that
 	// makes the VM current.
-	Reasons []string `json:"reasons,omitempty"`
+	Reasons []string `json:"reasons"`
 	Fix     string   `json:"fix,omitempty"`
 	// ConfigHash identifies the VM's current configuration.
 	ConfigHash string     `json:"current_config,omitempty"`
