@@ -220,20 +220,7 @@ instead of yours.`
 }
 
 func (g *globals) printCredentials(rep *vm.CredentialsReport) {
-	tw := table(g.stdout)
-	fmt.Fprintln(tw, "NAME\tSOURCE\tKIND\tSIZE\tENCODING\tSHA256")
-	for _, r := range rep.Credentials {
-		kind, digest := "public", r.SHA256
-		if r.Secret {
-			kind, digest = "secret", "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", r.Name, r.Source, kind, r.Size, r.Encoding, digest)
-	}
-	tw.Flush()
-	fmt.Fprintf(g.stdout, "transport: %s: %s\n", rep.Transport, rep.Why)
-	if rep.Note != "" {
-		fmt.Fprintf(g.stdout, "note: %s\n", rep.Note)
-	}
+	rep.WriteTable(g.stdout, "")
 }
 
 func newSystemdCmd(g *globals) *cobra.Command {

@@ -170,18 +170,19 @@ func (d *demo) showCredentials(context.Context) error {
 	if d.plan, err = vm.Plan(d.m, d.creds); err != nil {
 		return err
 	}
-	tw := tabwriter.NewWriter(d.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "      NAME\tSOURCE\tSIZE\tSHA256 (host)")
-	for _, c := range d.creds {
-		fmt.Fprintf(tw, "      %s\t%s\t%d\t%s…\n", c.Name, c.Source, len(c.Value), c.Digest()[:16])
+	rep, err := vm.ShowCredentials(d.engine(), d.m, vm.StateDir{Root: filepath.Join(d.tmp, "state"), Name: d.m.Name}, "")
+	if err != nil {
+		return err
 	}
-	tw.Flush()
-	fmt.Fprintf(d.out, "      transport: %s — %s\n", d.plan.Transport, d.plan.Why)
+	rep.WriteTable(d.out, "      ")
 	return nil
 }
 
 func (d *demo) boot(ctx context.Context) error {
-	d.reports = &guestLines{w: d.out}
+	d.reports = &guestLines{w: d.out, secret: map[string]bool{}}
+	for _, c := range d.creds {
+		d.reports.secret[c.Name] = c.Secret
+	}
 	res, err := vm.Run(ctx, vm.RunOptions{
 		State:           vm.StateDir{Root: filepath.Join(d.tmp, "state"), Name: d.m.Name},
 		OpenRepo:        func() (*repo.Repo, error) { return d.r, nil },
@@ -202,7 +203,7 @@ func (d *demo) boot(ctx context.Context) error {
 func (d *demo) compare(context.Context) error {
 	seen := d.reports.app()
 	tw := tabwriter.NewWriter(d.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "      NAME\tSIZE\tSHA256 (guest)\tRESULT")
+	fmt.Fprintln(tw, "      NAME\tSIZE\tSHA256\tRESULT")
 	ok := 0
 	for _, c := range d.creds {
 		got, found := seen[c.Name]
@@ -215,7 +216,11 @@ func (d *demo) compare(context.Context) error {
 		default:
 			result = fmt.Sprintf("DIFFERS (host: %d bytes)", len(c.Value))
 		}
-		fmt.Fprintf(tw, "      %s\t%d\t%s…\t%s\n", c.Name, got.size, short(got.sha), result)
+		shown := short(got.sha) + "…"
+		if c.Secret {
+			shown = "-"
+		}
+		fmt.Fprintf(tw, "      %s\t%d\t%s\t%s\n", c.Name, got.size, shown, result)
 	}
 	tw.Flush()
 	if !d.reports.verified() {
@@ -246,11 +251,12 @@ func mustAbs(p string) string {
 // guestLines picks the guest's own report lines out of the console and
 // shows them as they come.
 type guestLines struct {
-	w    io.Writer
-	mu   sync.Mutex
-	part string
-	seen map[string]digest
-	ok   bool
+	w      io.Writer
+	secret map[string]bool // credential names that are secrets
+	mu     sync.Mutex
+	part   string
+	seen   map[string]digest
+	ok     bool
 }
 
 type digest struct {
@@ -268,7 +274,6 @@ func (g *guestLines) Write(p []byte) (int, error) {
 		l = strings.TrimRight(l, "\r")
 		switch {
 		case strings.HasPrefix(l, "app: "):
-			fmt.Fprintf(g.w, "      guest | %s\n", l)
 			var name, sha string
 			var size int
 			if n, _ := fmt.Sscanf(l, "app: %s %d %s", &name, &size, &sha); n == 3 {
@@ -276,7 +281,13 @@ func (g *guestLines) Write(p []byte) (int, error) {
 					g.seen = map[string]digest{}
 				}
 				g.seen[name] = digest{size, sha}
+				if g.secret[name] {
+					// The demo guest's service prints every digest so that
+					// the demo can compare; a secret's is not shown.
+					l = fmt.Sprintf("app: %s %d (a secret: digest compared, not shown)", name, size)
+				}
 			}
+			fmt.Fprintf(g.w, "      guest | %s\n", l)
 		case strings.HasPrefix(l, guest.ReportPrefix+"verify"), strings.HasPrefix(l, guest.ReportPrefix+"problem"):
 			fmt.Fprintf(g.w, "      guest | %s\n", l)
 			if strings.HasPrefix(l, guest.ReportPrefix+"verify ok") {

@@ -6,8 +6,10 @@ package vm
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/credvm/credvm/internal/cred"
 	"github.com/credvm/credvm/internal/hypervisor"
@@ -125,6 +127,26 @@ type CredentialsReport struct {
 	Note    string `json:"note,omitempty"`
 	*cred.Plan
 	Credentials []CredentialRow `json:"credentials"`
+}
+
+// WriteTable writes the report as `credvm creds show` prints it, each line
+// after indent: a row per credential — the digest of public values, a
+// dash for secrets —, the transport, and the note.
+func (rep *CredentialsReport) WriteTable(w io.Writer, indent string) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, indent+"NAME\tSOURCE\tKIND\tSIZE\tENCODING\tSHA256")
+	for _, r := range rep.Credentials {
+		kind, digest := "public", r.SHA256
+		if r.Secret {
+			kind, digest = "secret", "-"
+		}
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%d\t%s\t%s\n", indent, r.Name, r.Source, kind, r.Size, r.Encoding, digest)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%stransport: %s: %s\n", indent, rep.Transport, rep.Why)
+	if rep.Note != "" {
+		fmt.Fprintf(w, "%snote: %s\n", indent, rep.Note)
+	}
 }
 
 // ShowCredentials decrypts the machine's credentials to measure them and
