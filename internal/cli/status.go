@@ -124,15 +124,19 @@ func newListCmd(g *globals) *cobra.Command {
 	var tags []string
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List VMs: running or not, and current / outdated / stale / not booted / failed, with the command that fixes it",
+		Short: "List VMs: running or not, and current / outdated / stale / not booted / stopped / failed, with the command that fixes it",
 		Long: `List every VM of the state directory with its status:
 
   current     running the configuration and vars it should
   outdated    the machine file changed since the last update   → credvm update -R NAME
   stale       running an older configuration, or vars older
               than the repository's (a rotated secret)         → credvm restart NAME
-  not booted  not running                                      → credvm start NAME
+  not booted  created, never run                                → credvm start NAME
+  stopped     its last run ended cleanly                       → credvm start NAME
   failed      the last run ended in an error                   → credvm start NAME
+
+A VM whose vars are missing or outdated has "credvm vars generate NAME &&"
+before its fix: a start would be refused.
 
 It reads small files only (no VM is contacted, nothing is decrypted), so it
 stays fast with hundreds of VMs.`,
