@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -177,5 +178,18 @@ files.user = { secret = false }
 	}
 	if want := "no bundle: name its file (credvm vars import FILE --from SENDER) or pipe it on standard input"; !strings.Contains(s.output(), want) {
 		t.Errorf("import: %s", s.output())
+	}
+
+	// logs -f ends with 0 at Ctrl-C (it used to exit 130).
+	r.machine("v", "[vm]\nkernel = \"/nonexistent\"\n")
+	r.credvm("create", "v", "--state-dir", r.state)
+	os.WriteFile(filepath.Join(r.state, "v", "console.log"), []byte("booted\n"), 0o600)
+	s = r.onTerminal(nil, "logs", "-f", "v", "--state-dir", r.state)
+	s.expect("booted")
+	if _, err := s.tty.Write([]byte{3}); err != nil { // the terminal's interrupt character
+		t.Fatal(err)
+	}
+	if err := s.wait(); err != nil {
+		t.Errorf("logs -f after Ctrl-C: %v (want exit 0)\n%s", err, s.output())
 	}
 }
