@@ -44,31 +44,7 @@ that is a repository already is refused.`,
 			if asJSON {
 				return g.printJSON(res)
 			}
-			fmt.Fprintf(g.stdout, "created a credvm repository in %s:\n", res.Root)
-			for _, f := range res.Files {
-				fmt.Fprintf(g.stdout, "  %s\n", f)
-			}
-			if res.ImageMissing {
-				fmt.Fprintf(g.stdout, "\nits machine boots the guest in %s, which is not built yet: sudo credvm image --dir %s\n", im.Dir, im.Dir)
-			}
-			fmt.Fprintf(g.stdout, "\nnext:\n")
-			if dir != "." {
-				fmt.Fprintf(g.stdout, "  cd %s\n", dir)
-			}
-			for _, step := range [][2]string{
-				{"credvm vars keygen", "your age key, once per user"},
-				{"credvm vars generate " + res.Machine, "its secrets, encrypted under vars/"},
-				{"credvm create " + res.Machine, "register it as a VM"},
-				{"credvm start " + res.Machine, "boot it"},
-				{"credvm logs " + res.Machine, "the guest lists the credentials that arrived"},
-				{"credvm stop " + res.Machine, ""},
-			} {
-				if step[1] == "" {
-					fmt.Fprintf(g.stdout, "  %s\n", step[0])
-					continue
-				}
-				fmt.Fprintf(g.stdout, "  %-34s # %s\n", step[0], step[1])
-			}
+			g.printInit(res, dir, im.Dir)
 			return nil
 		},
 	}
@@ -76,4 +52,32 @@ that is a repository already is refused.`,
 	cmd.Flags().StringVar(&images, "images", guestimage.DefaultDir, "the directory credvm image built the guest in")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was written as JSON")
 	return cmd
+}
+
+func (g *globals) printInit(res *repo.InitResult, dir, images string) {
+	fmt.Fprintf(g.stdout, "created a credvm repository in %s:\n", res.Root)
+	for _, f := range res.Files {
+		fmt.Fprintf(g.stdout, "  %s\n", f)
+	}
+	if res.ImageMissing {
+		fmt.Fprintf(g.stdout, "\nits machine boots the guest in %s, which is not built yet: sudo credvm image --dir %s\n", images, images)
+	}
+	fmt.Fprintf(g.stdout, "\nnext:\n")
+	if dir != "." {
+		fmt.Fprintf(g.stdout, "  cd %s\n", dir)
+	}
+	for _, step := range [][2]string{
+		{"credvm vars keygen", "your age key, once per user"},
+		{"credvm vars generate " + res.Machine, "its secrets, encrypted under vars/"},
+		{"credvm create " + res.Machine, "register it as a VM"},
+		{"credvm start " + res.Machine, "boot it"},
+		{"credvm logs " + res.Machine, "the guest lists the credentials that arrived"},
+		{"credvm stop " + res.Machine, ""},
+	} {
+		if step[1] == "" {
+			fmt.Fprintf(g.stdout, "  %s\n", step[0])
+			continue
+		}
+		fmt.Fprintf(g.stdout, "  %-34s # %s\n", step[0], step[1])
+	}
 }

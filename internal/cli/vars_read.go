@@ -72,24 +72,9 @@ func fileStatus(f vars.FileStatus) string {
 }
 
 func newVarsCheckCmd(g *globals) *cobra.Command {
-	var tags []string
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "check [MACHINE...]",
-		Short: "Exit non-zero if any var is missing or outdated, saying which and how to fix it",
-		Long: `Check that every generator of the machines (all when none is named) has
-its vars stored and current. Exits 0 when all are, 1 otherwise, listing
-each missing or outdated generator with the command that fixes it.`,
-		ValidArgsFunction: machineNameCompletion(g),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
-			}
-			ms, err := machines(e.Repo, args, tags)
-			if err != nil {
-				return err
-			}
+	cmd := g.newMachinesCmd("check [MACHINE...]", "Exit non-zero if any var is missing or outdated, saying which and how to fix it", false,
+		func(e *vars.Engine, ms []*spec.Machine) error {
 			problems, err := e.Check(ms)
 			if err != nil {
 				return err
@@ -110,9 +95,10 @@ each missing or outdated generator with the command that fixes it.`,
 				fmt.Fprintf(g.stdout, "all vars of %s are up to date\n", words.Plural(len(ms), "machine", "machines"))
 			}
 			return nil
-		},
-	}
-	tagFlag(cmd, &tags, "every machine with this inventory tag; repeatable")
+		})
+	cmd.Long = `Check that every generator of the machines (all when none is named) has
+its vars stored and current. Exits 0 when all are, 1 otherwise, listing
+each missing or outdated generator with the command that fixes it.`
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the problems as JSON")
 	return cmd
 }

@@ -6,6 +6,7 @@ func TestNearest(t *testing.T) {
 	cands := []string{"admin/password", "admin/user", "vcpu", "mem", "vault-01"}
 	for _, tc := range []struct{ in, want string }{
 		{"admin/pasword", "admin/password"},
+		{"mme", "mem"},
 		{"vcpus", "vcpu"},
 		{"vault01", "vault-01"},
 		{"mem", "mem"},
