@@ -158,6 +158,33 @@ func (p *Process) WaitFor(d time.Duration) bool {
 	}
 }
 
+// repressEvery is how often PressUntilOff presses the power button again
+// (a variable for its test).
+var repressEvery = 10 * time.Second
+
+// PressUntilOff presses the guest's power button (press) and waits for the
+// hypervisor to exit, pressing again every repressEvery, for at most
+// timeout; it reports whether the guest powered off. A press the guest
+// was not yet listening for — early in its boot, before systemd-logind
+// watches the button — is lost, so one press is not enough. Only the
+// first failure to press is told (notice): the API may be busy.
+func (p *Process) PressUntilOff(timeout time.Duration, press func() error, notice func(format string, args ...any), what string) bool {
+	deadline := time.Now().Add(timeout)
+	told := false
+	for {
+		if err := press(); err != nil && !told {
+			notice("%s failed (%v)", what, err)
+			told = true
+		}
+		if p.WaitFor(min(repressEvery, time.Until(deadline))) {
+			return true
+		}
+		if time.Until(deadline) <= 0 {
+			return false
+		}
+	}
+}
+
 // Kill kills the process and waits for it.
 func (p *Process) Kill() Exit {
 	p.Cmd.Process.Kill()

@@ -358,13 +358,12 @@ func (in *instance) Wait() hypervisor.Exit {
 	return e
 }
 
-// Shutdown presses the power button (vm.power-button), then shuts the VM
-// and the VMM down (vm.shutdown, vmm.shutdown), then kills.
+// Shutdown presses the power button (vm.power-button, again every few
+// seconds: see PressUntilOff), then shuts the VM and the VMM down
+// (vm.shutdown, vmm.shutdown), then kills.
 func (in *instance) Shutdown(timeout time.Duration) hypervisor.Exit {
-	if err := in.api.Do("PUT", "/api/v1/vm.power-button", nil, nil); err != nil {
-		in.notice("vm.power-button failed (%v)", err)
-	}
-	if !in.p.WaitFor(timeout) {
+	press := func() error { return in.api.Do("PUT", "/api/v1/vm.power-button", nil, nil) }
+	if !in.p.PressUntilOff(timeout, press, in.notice, "vm.power-button") {
 		in.notice("the guest did not power off within %s; shutting cloud-hypervisor down", timeout)
 		in.api.Do("PUT", "/api/v1/vm.shutdown", nil, nil)
 		in.api.Do("PUT", "/api/v1/vmm.shutdown", nil, nil)

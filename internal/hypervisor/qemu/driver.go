@@ -140,13 +140,12 @@ func (in *instance) Wait() hypervisor.Exit {
 	return e
 }
 
-// Shutdown presses the ACPI power button (QMP system_powerdown), then
-// tells QEMU to quit, then kills it.
+// Shutdown presses the ACPI power button (QMP system_powerdown, again
+// every few seconds: see PressUntilOff), then tells QEMU to quit, then
+// kills it.
 func (in *instance) Shutdown(timeout time.Duration) hypervisor.Exit {
-	if err := qmpRun(in.sock, "system_powerdown"); err != nil {
-		in.notice("QMP system_powerdown failed (%v)", err)
-	}
-	if !in.p.WaitFor(timeout) {
+	press := func() error { return qmpRun(in.sock, "system_powerdown") }
+	if !in.p.PressUntilOff(timeout, press, in.notice, "QMP system_powerdown") {
 		in.notice("the guest did not power off within %s; telling QEMU to quit", timeout)
 		if err := qmpRun(in.sock, "quit"); err != nil {
 			in.notice("QMP quit failed (%v); killing QEMU", err)
