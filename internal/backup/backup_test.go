@@ -12,6 +12,7 @@ import (
 
 	_ "github.com/credvm/credvm/internal/hypervisor/drivers" // machine files name a hypervisor
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/testenv"
 	"github.com/credvm/credvm/internal/vm"
 )
@@ -107,7 +108,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal("a refused restore wrote something")
 	}
 	aliceKeys, _ := repo.ParseKeyFile("alice", []byte(vm1Files["sops/users/alice/key.json"]))
-	res, err := RestoreFile(archive, RestoreOptions{Repo: r2, StateRoot: state2, Self: aliceKeys})
+	res, err := RestoreFile(archive, RestoreOptions{Repo: r2, StateRoot: state2, Self: sops.Keys(aliceKeys)})
 	if err != nil {
 		t.Fatal(err)
 	}

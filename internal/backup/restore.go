@@ -14,6 +14,7 @@ import (
 
 	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vm"
 	"github.com/credvm/credvm/internal/words"
@@ -238,12 +239,18 @@ func restore(man *Manifest, files map[string][]byte, o RestoreOptions) (*Restore
 			return res, fmt.Errorf("the backup's user %s: %w; nothing was restored", u, err)
 		}
 		note := "a new recipient of every secret generated from now on"
-		if !slices.ContainsFunc(keys, func(k string) bool { return !slices.Contains(o.Self, k) }) {
+		if !slices.ContainsFunc(keys, func(k sops.Recipient) bool {
+			return !slices.ContainsFunc(o.Self, func(s string) bool { return repo.SameKey(s, k.Key) })
+		}) {
 			note = "your own key"
 		} else {
 			others++
 		}
-		res.Changes = append(res.Changes, fmt.Sprintf("+ user %s (%s): %s", u, strings.Join(keys, ", "), note))
+		var shown []string
+		for _, k := range keys {
+			shown = append(shown, k.String())
+		}
+		res.Changes = append(res.Changes, fmt.Sprintf("+ user %s (%s): %s", u, strings.Join(shown, ", "), note))
 		res.NewUsers = append(res.NewUsers, u)
 	}
 	if others > 0 && !o.AcceptRecipients {

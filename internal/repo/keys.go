@@ -14,15 +14,11 @@ import (
 	"github.com/credvm/credvm/internal/sops"
 )
 
-// keyEntry is one entry of a key.json file as clan writes it.
-type keyEntry struct {
-	PublicKey string `json:"publickey"`
-	Type      string `json:"type"`
-}
-
-// readKeyFile reads a key.json: a list of entries, or (older clan) one
-// object. Only age keys are returned; other types are reported.
-func (r *Repo) readKeyFile(path string) ([]string, error) {
+// readKeyFile reads a key.json: a list of {"publickey", "type"} entries,
+// or (older clan) one object. Every type clan and sops accept is kept —
+// age (X25519, plugin, OpenSSH) and pgp: a key credvm cannot use itself is
+// still a recipient, never dropped.
+func (r *Repo) readKeyFile(path string) ([]sops.Recipient, error) {
 	b, err := r.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -31,25 +27,23 @@ func (r *Repo) readKeyFile(path string) ([]string, error) {
 }
 
 // ParseKeyFile parses a key.json (a list of entries, or as older clan
-// wrote it, one object) into its age public keys; name is for messages.
-func ParseKeyFile(path string, b []byte) ([]string, error) {
-	var list []keyEntry
+// wrote it, one object) into its keys; name is for messages.
+func ParseKeyFile(path string, b []byte) ([]sops.Recipient, error) {
+	var list []sops.Recipient
 	if err := json.Unmarshal(b, &list); err != nil {
-		var one keyEntry
+		var one sops.Recipient
 		if err2 := json.Unmarshal(b, &one); err2 != nil {
 			return nil, fmt.Errorf("%s: not a key file (want [{\"publickey\": \"age1…\", \"type\": \"age\"}]): %w", path, err)
 		}
-		list = []keyEntry{one}
+		list = []sops.Recipient{one}
 	}
-	var keys []string
+	var keys []sops.Recipient
 	for _, e := range list {
-		if e.Type != "" && e.Type != "age" {
-			return nil, fmt.Errorf("%s: key type %q is not supported (only age)", path, e.Type)
+		k, err := sops.ParseRecipient(e.Type, e.Key)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		if _, err := age.ParseX25519Recipient(e.PublicKey); err != nil {
-			return nil, fmt.Errorf("%s: %q is not an age public key: %w", path, e.PublicKey, err)
-		}
-		keys = append(keys, e.PublicKey)
+		keys = append(keys, k)
 	}
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("%s: no keys", path)
@@ -57,12 +51,8 @@ func ParseKeyFile(path string, b []byte) ([]string, error) {
 	return keys, nil
 }
 
-func (r *Repo) writeKeyFile(path string, keys []string) error {
-	var list []keyEntry
-	for _, k := range keys {
-		list = append(list, keyEntry{PublicKey: k, Type: "age"})
-	}
-	b, err := json.MarshalIndent(list, "", "  ")
+func (r *Repo) writeKeyFile(path string, keys []sops.Recipient) error {
+	b, err := json.MarshalIndent(keys, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -72,16 +62,26 @@ func (r *Repo) writeKeyFile(path string, keys []string) error {
 	return r.WriteFileAtomic(path, append(b, '\n'), 0o644)
 }
 
+// SameKey reports whether two public keys are the same key: OpenSSH keys
+// are compared without their comments.
+func SameKey(a, b string) bool {
+	if strings.HasPrefix(a, "ssh-") && strings.HasPrefix(b, "ssh-") {
+		fa, fb := strings.Fields(a), strings.Fields(b)
+		return len(fa) >= 2 && len(fb) >= 2 && fa[0] == fb[0] && fa[1] == fb[1]
+	}
+	return a == b
+}
+
 // Users returns every user's public keys, by user name.
-func (r *Repo) Users() (map[string][]string, error) {
+func (r *Repo) Users() (map[string][]sops.Recipient, error) {
 	entries, err := r.ReadDir(r.Path("sops", "users"))
 	if errors.Is(err, os.ErrNotExist) {
-		return map[string][]string{}, nil
+		return map[string][]sops.Recipient{}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	users := map[string][]string{}
+	users := map[string][]sops.Recipient{}
 	for _, e := range entries {
 		if !e.IsDir() {
 			continue
@@ -104,29 +104,47 @@ func (r *Repo) UserFor(pubkeys []string) (string, error) {
 	}
 	for _, name := range sortedKeys(users) {
 		for _, k := range users[name] {
-			if slices.Contains(pubkeys, k) {
-				return name, nil
+			for _, p := range pubkeys {
+				if SameKey(k.Key, p) {
+					return name, nil
+				}
 			}
 		}
 	}
 	return "", nil
 }
 
-// AddUser registers a user's public key under sops/users/<name>/key.json,
-// keeping keys already there.
+// AddUser registers a user's age public key under
+// sops/users/<name>/key.json, keeping keys already there.
 func (r *Repo) AddUser(name, pubkey string) error {
-	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
-		return fmt.Errorf("invalid user name %q", name)
+	return r.AddUserKey(name, sops.Age(pubkey))
+}
+
+// AddUserKey registers a user's key of any type.
+func (r *Repo) AddUserKey(name string, key sops.Recipient) error {
+	if err := CheckUserName(name); err != nil {
+		return err
 	}
 	path := r.Path("sops", "users", name, "key.json")
 	keys, err := r.readKeyFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if slices.Contains(keys, pubkey) {
-		return nil
+	for _, k := range keys {
+		if SameKey(k.Key, key.Key) {
+			return nil
+		}
 	}
-	return r.writeKeyFile(path, append(keys, pubkey))
+	return r.writeKeyFile(path, append(keys, key))
+}
+
+// CheckUserName checks a user or group name: a directory name of
+// sops/users or sops/groups.
+func CheckUserName(name string) error {
+	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." || strings.HasPrefix(name, ".") {
+		return fmt.Errorf("invalid user name %q: a user or group is a directory name (no '/', not starting with '.')", name)
+	}
+	return nil
 }
 
 // RegisterUser registers pubkey as user name's, unless a user owns it
@@ -149,7 +167,7 @@ func (r *Repo) MachinePublicKey(machine string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("machine %s: %w", machine, err)
 	}
-	return keys[0], nil
+	return keys[0].Key, nil
 }
 
 // machineKeySecret is where the machine's private key lives, encrypted.
@@ -183,7 +201,7 @@ func (r *Repo) EnsureMachineKey(machine string) (string, error) {
 		return "", fmt.Errorf("machine %s: store private key: %w", machine, err)
 	}
 	pub := id.Recipient().String()
-	if err := r.writeKeyFile(r.Path("sops", "machines", machine, "key.json"), []string{pub}); err != nil {
+	if err := r.writeKeyFile(r.Path("sops", "machines", machine, "key.json"), []sops.Recipient{sops.Age(pub)}); err != nil {
 		return "", fmt.Errorf("machine %s: %w", machine, err)
 	}
 	return pub, nil
@@ -215,7 +233,7 @@ func (r *Repo) StageMachineKey(machine, privateKey, secretStaging, pubStaging st
 	if err := r.StageSecretTo(secretStaging, content, keys, nil, users); err != nil {
 		return "", fmt.Errorf("machine %s: store private key: %w", machine, err)
 	}
-	return pub, r.writeKeyFile(filepath.Join(pubStaging, "key.json"), []string{pub})
+	return pub, r.writeKeyFile(filepath.Join(pubStaging, "key.json"), []sops.Recipient{sops.Age(pub)})
 }
 
 // PublicKeyOf is the public key of an age identity file's one identity.
@@ -248,8 +266,8 @@ func (r *Repo) MachineIdentity(machine string, user *sops.Identities) (*sops.Ide
 
 // Recipients returns the public keys a secret for these machines and users
 // must be encrypted to, sorted and without duplicates.
-func (r *Repo) Recipients(machines, users []string) ([]string, error) {
-	var keys []string
+func (r *Repo) Recipients(machines, users []string) ([]sops.Recipient, error) {
+	var keys []sops.Recipient
 	for _, m := range machines {
 		pub, err := r.MachinePublicKey(m)
 		if err != nil {
@@ -258,7 +276,7 @@ func (r *Repo) Recipients(machines, users []string) ([]string, error) {
 		if pub == "" {
 			return nil, fmt.Errorf("machine %s has no key yet", m)
 		}
-		keys = append(keys, pub)
+		keys = append(keys, sops.Age(pub))
 	}
 	all, err := r.Users()
 	if err != nil {
@@ -271,8 +289,17 @@ func (r *Repo) Recipients(machines, users []string) ([]string, error) {
 		}
 		keys = append(keys, k...)
 	}
-	slices.Sort(keys)
-	return slices.Compact(keys), nil
+	return SortRecipients(keys), nil
+}
+
+// SortRecipients sorts keys by type and key and drops duplicates, for
+// stable files and comparisons.
+func SortRecipients(keys []sops.Recipient) []sops.Recipient {
+	out := slices.Clone(keys)
+	slices.SortFunc(out, func(a, b sops.Recipient) int {
+		return strings.Compare(a.Type+" "+a.Key, b.Type+" "+b.Key)
+	})
+	return slices.CompactFunc(out, func(a, b sops.Recipient) bool { return a.Type == b.Type && SameKey(a.Key, b.Key) })
 }
 
 // WriteSecret writes dir/secret, the plaintext encrypted to the given
@@ -293,7 +320,7 @@ func (r *Repo) StageSecret(dir string, plaintext []byte, machines, users []strin
 // StageSecretTo is StageSecret with the recipients' keys given (machine
 // keys not yet committed: staged in the same transaction); machines and
 // users still name the links.
-func (r *Repo) StageSecretTo(dir string, plaintext []byte, keys, machines, users []string) error {
+func (r *Repo) StageSecretTo(dir string, plaintext []byte, keys []sops.Recipient, machines, users []string) error {
 	return r.writeSecretTo(dir, plaintext, keys, machines, users, false)
 }
 
@@ -305,10 +332,8 @@ func (r *Repo) writeSecret(dir string, plaintext []byte, machines, users []strin
 	return r.writeSecretTo(dir, plaintext, rcpts, machines, users, durable)
 }
 
-func (r *Repo) writeSecretTo(dir string, plaintext []byte, rcpts, machines, users []string, durable bool) error {
-	slices.Sort(rcpts)
-	rcpts = slices.Compact(rcpts)
-	enc, err := sops.Encrypt(plaintext, rcpts)
+func (r *Repo) writeSecretTo(dir string, plaintext []byte, rcpts []sops.Recipient, machines, users []string, durable bool) error {
+	enc, err := sops.Encrypt(plaintext, SortRecipients(rcpts))
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@ import (
 // matching identity.
 func FuzzDecrypt(f *testing.F) {
 	id, _ := age.GenerateX25519Identity()
-	good, _ := Encrypt([]byte("seed secret"), []string{id.Recipient().String()})
+	good, _ := Encrypt([]byte("seed secret"), AgeAll(id.Recipient().String()))
 	f.Add(good)
 	f.Add([]byte(`{"data":"ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAAAAAAAAAAAAAAAAAAAA==,type:str]","sops":{"age":[{"recipient":"x","enc":"y"}],"mac":"","lastmodified":"2020-01-01T00:00:00Z","version":"3"}}`))
 	f.Add([]byte(`{"sops":{}}`))

@@ -11,6 +11,7 @@ import (
 
 	"filippo.io/age"
 	"filippo.io/age/agessh"
+	"filippo.io/age/plugin"
 )
 
 // Environment variables sops itself reads for age identities; we honour the
@@ -47,6 +48,7 @@ func UserKeyFile() (string, error) {
 type Identities struct {
 	List       []age.Identity
 	Recipients []string // public keys of the X25519 identities, in order
+	SSH        []string // public keys of the OpenSSH identities ("ssh-ed25519 …")
 	Sources    []string // where they came from, for error messages
 	raw        []string
 }
@@ -57,18 +59,35 @@ func (ids *Identities) Raw() string {
 	return strings.Join(ids.raw, "\n") + "\n"
 }
 
-// Add parses an identity file's content (age-keygen format: comments and
-// AGE-SECRET-KEY-1… lines) and adds its identities.
+// Add parses an identity file's content (age-keygen's format: comments,
+// AGE-SECRET-KEY-1… lines, and age plugins' AGE-PLUGIN-<NAME>-1… lines,
+// as sops reads them) and adds its identities. A plugin identity runs its
+// plugin (age-plugin-<name>) only when it is used to decrypt.
 func (ids *Identities) Add(content []byte, source string) error {
-	list, err := age.ParseIdentities(strings.NewReader(string(content)))
-	if err != nil {
-		return fmt.Errorf("%s: %w", source, err)
-	}
-	for _, id := range list {
-		if x, ok := id.(*age.X25519Identity); ok {
+	var list []age.Identity
+	for i, line := range strings.Split(string(content), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+			continue
+		case strings.HasPrefix(line, "AGE-PLUGIN-"):
+			id, err := plugin.NewIdentity(line, pluginUI())
+			if err != nil {
+				return fmt.Errorf("%s:%d: not an age plugin identity: %w", source, i+1, err)
+			}
+			list = append(list, id)
+		default:
+			x, err := age.ParseX25519Identity(line)
+			if err != nil {
+				return fmt.Errorf("%s:%d: not an age identity (AGE-SECRET-KEY-1… or AGE-PLUGIN-…): %w", source, i+1, err)
+			}
 			ids.Recipients = append(ids.Recipients, x.Recipient().String())
 			ids.raw = append(ids.raw, x.String())
+			list = append(list, x)
 		}
+	}
+	if len(list) == 0 {
+		return fmt.Errorf("%s: no age identity in it", source)
 	}
 	ids.List = append(ids.List, list...)
 	ids.Sources = append(ids.Sources, source)
@@ -76,7 +95,9 @@ func (ids *Identities) Add(content []byte, source string) error {
 }
 
 // LoadUserIdentities collects age identities the way sops does: the content
-// of $SOPS_AGE_KEY, the file $SOPS_AGE_KEY_FILE, and the default key file.
+// of $SOPS_AGE_KEY, the file $SOPS_AGE_KEY_FILE, the default key file, and
+// an OpenSSH key — $SOPS_AGE_SSH_PRIVATE_KEY_FILE, else ~/.ssh/id_ed25519
+// or ~/.ssh/id_rsa (one with a passphrase is skipped, as sops skips it).
 // A missing file is not an error; an unreadable or malformed one is.
 func LoadUserIdentities() (*Identities, error) {
 	ids := &Identities{}
@@ -108,7 +129,44 @@ func LoadUserIdentities() (*Identities, error) {
 			return nil, err
 		}
 	}
+	ids.addSSH()
 	return ids, nil
+}
+
+// EnvAgeSSHKeyFile names an OpenSSH private key sops uses as an age
+// identity.
+const EnvAgeSSHKeyFile = "SOPS_AGE_SSH_PRIVATE_KEY_FILE"
+
+// addSSH adds the OpenSSH identity sops would use, and its public key.
+func (ids *Identities) addSSH() {
+	var paths []string
+	if p := os.Getenv(EnvAgeSSHKeyFile); p != "" {
+		paths = []string{p}
+	} else if home, err := os.UserHomeDir(); err == nil {
+		paths = []string{filepath.Join(home, ".ssh", "id_ed25519"), filepath.Join(home, ".ssh", "id_rsa")}
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		id, err := agessh.ParseIdentity(b)
+		if err != nil {
+			continue // passphrase-protected, or not a key sops could use
+		}
+		ids.List = append(ids.List, id)
+		ids.Sources = append(ids.Sources, p)
+		if pub, err := os.ReadFile(p + ".pub"); err == nil {
+			ids.SSH = append(ids.SSH, strings.TrimSpace(string(pub)))
+		}
+		return
+	}
+}
+
+// Public are every public key the identities are known to have: the
+// X25519 ones and the OpenSSH ones (from their .pub files).
+func (ids *Identities) Public() []string {
+	return append(append([]string{}, ids.Recipients...), ids.SSH...)
 }
 
 // NoKeyFix says how to get a key when none was found: with

@@ -13,10 +13,13 @@
 // real sops CLI in both directions: what we write, sops decrypts; what sops
 // writes, we decrypt.
 //
-// What it refuses, with an error that says so: files that are not a binary
-// store (other top-level keys), key groups with Shamir thresholds, and every
-// master key type but age (KMS, PGP, Vault). A file whose MAC does not match
-// its content is refused — a tampered file is never returned as plaintext.
+// Recipients are age keys of every kind sops accepts — X25519, age plugins,
+// OpenSSH ed25519 and RSA keys — and PGP keys, for which the sops binary
+// (with gpg) writes and reads the file: see Recipient. What it refuses, with
+// an error that says so: files that are not a binary store (other top-level
+// keys), key groups with Shamir thresholds, and the cloud master key types
+// (KMS, Vault). A file whose MAC does not match its content is refused — a
+// tampered file is never returned as plaintext.
 package sops
 
 import (
@@ -64,6 +67,12 @@ type ageKey struct {
 	Recipient string `json:"recipient"`
 }
 
+// pgpKey is a PGP master key as sops writes it; only its fingerprint is
+// read here.
+type pgpKey struct {
+	Fingerprint string `json:"fp"`
+}
+
 // metadata is the "sops" object. Field order is the order sops 3.13 emits.
 type metadata struct {
 	KMS               json.RawMessage `json:"kms,omitempty"`
@@ -73,7 +82,7 @@ type metadata struct {
 	Age               []ageKey        `json:"age,omitempty"`
 	LastModified      string          `json:"lastmodified"`
 	MAC               string          `json:"mac"`
-	PGP               json.RawMessage `json:"pgp,omitempty"`
+	PGP               []pgpKey        `json:"pgp,omitempty"`
 	UnencryptedSuffix string          `json:"unencrypted_suffix,omitempty"`
 	EncryptedSuffix   string          `json:"encrypted_suffix,omitempty"`
 	UnencryptedRegex  string          `json:"unencrypted_regex,omitempty"`
@@ -90,11 +99,17 @@ type file struct {
 }
 
 // Encrypt returns a sops binary-store file holding plaintext, encrypted to
-// every recipient (age public keys, "age1…"). Recipients are written in the
-// order given, which should be sorted by the caller for stable diffs.
-func Encrypt(plaintext []byte, recipients []string) ([]byte, error) {
+// every recipient. Recipients are written in the order given, which should
+// be sorted by the caller for stable diffs. With a PGP recipient among
+// them, the sops binary writes the file.
+func Encrypt(plaintext []byte, recipients []Recipient) ([]byte, error) {
 	if len(recipients) == 0 {
 		return nil, errors.New("no recipients")
+	}
+	for _, r := range recipients {
+		if r.Type == "pgp" {
+			return encryptWithBinary(plaintext, recipients)
+		}
 	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
@@ -105,15 +120,15 @@ func Encrypt(plaintext []byte, recipients []string) ([]byte, error) {
 		Version:      Version,
 	}
 	for _, r := range recipients {
-		rcpt, err := age.ParseX25519Recipient(r)
+		rcpt, err := ageRecipient(r.Key, false)
 		if err != nil {
-			return nil, fmt.Errorf("recipient %q: %w", r, err)
+			return nil, err
 		}
 		enc, err := encryptDataKey(key, rcpt)
 		if err != nil {
-			return nil, fmt.Errorf("recipient %s: %w", r, err)
+			return nil, fmt.Errorf("recipient %s: %w", r.Key, err)
 		}
-		md.Age = append(md.Age, ageKey{Recipient: r, Enc: enc})
+		md.Age = append(md.Age, ageKey{Recipient: r.Key, Enc: enc})
 	}
 	data, err := encryptValue(key, plaintext, dataKey+":")
 	if err != nil {
@@ -133,12 +148,19 @@ func Encrypt(plaintext []byte, recipients []string) ([]byte, error) {
 
 // Decrypt returns the plaintext of a sops binary-store file, using the first
 // identity that can open one of the file's age stanzas, and verifies the MAC.
+// When none can and the file has PGP recipients, the sops binary tries
+// (with gpg's keys).
 func Decrypt(content []byte, identities []age.Identity) ([]byte, error) {
 	f, err := parse(content)
 	if err != nil {
 		return nil, err
 	}
 	key, err := dataKeyFor(f.Sops, identities)
+	if errors.Is(err, ErrNoIdentity) && len(f.Sops.PGP) > 0 {
+		if _, berr := Binary(); berr == nil {
+			return decryptWithBinary(content)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -152,15 +174,19 @@ func Decrypt(content []byte, identities []age.Identity) ([]byte, error) {
 	return plaintext, nil
 }
 
-// Recipients lists the age recipients a file is encrypted to, in file order.
-func Recipients(content []byte) ([]string, error) {
+// Recipients lists the recipients a file is encrypted to: its age keys in
+// file order, then its PGP keys.
+func Recipients(content []byte) ([]Recipient, error) {
 	f, err := parse(content)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
+	var out []Recipient
 	for _, k := range f.Sops.Age {
-		out = append(out, k.Recipient)
+		out = append(out, Age(k.Recipient))
+	}
+	for _, k := range f.Sops.PGP {
+		out = append(out, Recipient{Type: "pgp", Key: strings.ToUpper(k.Fingerprint)})
 	}
 	return out, nil
 }
@@ -195,8 +221,8 @@ func parse(content []byte) (*file, error) {
 	case md.EncryptedRegex != "" || md.UnencryptedRegex != "" || md.EncryptedSuffix != "":
 		return nil, errors.New("sops files with encrypted/unencrypted regexes are not supported")
 	}
-	if len(md.Age) == 0 {
-		return nil, errors.New("the file has no age recipients (only age keys are supported)")
+	if len(md.Age) == 0 && len(md.PGP) == 0 {
+		return nil, errors.New("the file has no age or PGP recipients (cloud KMS keys are not supported)")
 	}
 	return &f, nil
 }

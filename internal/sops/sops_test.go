@@ -96,7 +96,7 @@ func TestRoundTrip(t *testing.T) {
 		{0, 1, 2, 0xff, 0xfe, '\n', 0},
 		bytes.Repeat([]byte("x"), 1<<20),
 	} {
-		enc, err := Encrypt(pt, rcpts)
+		enc, err := Encrypt(pt, AgeAll(rcpts...))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +113,7 @@ func TestRoundTrip(t *testing.T) {
 			}
 		}
 		got, err := Recipients(enc)
-		if err != nil || strings.Join(got, ",") != strings.Join(rcpts, ",") {
+		if err != nil || strings.Join(Keys(got), ",") != strings.Join(rcpts, ",") {
 			t.Fatalf("Recipients = %v, %v; want %v", got, err, rcpts)
 		}
 	}
@@ -123,7 +123,7 @@ func TestRoundTrip(t *testing.T) {
 // returned as plaintext.
 func TestTamper(t *testing.T) {
 	id := newIdentity(t)
-	enc, err := Encrypt([]byte("the secret"), []string{id.Recipient().String()})
+	enc, err := Encrypt([]byte("the secret"), AgeAll(id.Recipient().String()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestTamper(t *testing.T) {
 	if err := json.Unmarshal(enc, &f); err != nil {
 		t.Fatal(err)
 	}
-	other, err := Encrypt([]byte("another secret"), []string{id.Recipient().String()})
+	other, err := Encrypt([]byte("another secret"), AgeAll(id.Recipient().String()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestInteropWithSops(t *testing.T) {
 
 	for _, pt := range [][]byte{[]byte("plain ascii"), {0, 'a', 0, 0xff, '\n'}, []byte("ünïcödé,=\n")} {
 		// ours → sops
-		enc, err := Encrypt(pt, []string{id.Recipient().String()})
+		enc, err := Encrypt(pt, AgeAll(id.Recipient().String()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,7 +235,7 @@ func TestInteropWithSops(t *testing.T) {
 	}
 
 	// The file layout matches: same keys in the same order as sops writes.
-	ours, _ := Encrypt([]byte("x"), []string{id.Recipient().String()})
+	ours, _ := Encrypt([]byte("x"), AgeAll(id.Recipient().String()))
 	p2 := filepath.Join(dir, "plain")
 	os.WriteFile(p2, []byte("x"), 0o600)
 	theirs, err := run(nil, "encrypt", "--input-type", "binary", "--output-type", "binary", "--age", id.Recipient().String(), p2)

@@ -197,7 +197,8 @@ func (r *runner) writeGenerator(dir string, g *spec.Generator, files map[string]
 			}
 			continue
 		}
-		var to, keys []string
+		var to []string
+		var keys []sops.Recipient
 		if f.IsDeployed() {
 			to = machines
 			for _, m := range to {
@@ -208,7 +209,7 @@ func (r *runner) writeGenerator(dir string, g *spec.Generator, files map[string]
 						return err
 					}
 				}
-				keys = append(keys, pub)
+				keys = append(keys, sops.Age(pub))
 			}
 		}
 		userKeys, err := e.Repo.Recipients(nil, r.users)

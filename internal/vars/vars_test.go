@@ -238,7 +238,8 @@ func TestGenerateLayout(t *testing.T) {
 	mpub, _ := f.e.Repo.MachinePublicKey("vm1")
 	want := []string{mpub, f.id.Recipient().String()}
 	sort.Strings(want)
-	got, err := sops.Recipients(b)
+	rs, err := sops.Recipients(b)
+	got := sops.Keys(rs)
 	sort.Strings(got)
 	if err != nil || !slices.Equal(got, want) {
 		t.Errorf("recipients = %v (%v), want %v", got, err, want)
@@ -730,7 +731,7 @@ func TestClanFixture(t *testing.T) {
 	b, _ := os.ReadFile(f)
 	pt, _ := sops.Decrypt(b, ids.List)
 	mpub, _ := r.MachinePublicKey("peer1")
-	onlyMachine, err := sops.Encrypt(pt, []string{mpub})
+	onlyMachine, err := sops.Encrypt(pt, sops.AgeAll(mpub))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -830,7 +831,7 @@ func TestMachineKeyToSomeoneElse(t *testing.T) {
 	}
 	key := f.get("vm1", "a", "key")
 	mpub, _ := f.e.Repo.MachinePublicKey("vm1")
-	onlyMachine, _ := sops.Encrypt([]byte(key), []string{mpub})
+	onlyMachine, _ := sops.Encrypt([]byte(key), sops.AgeAll(mpub))
 	os.WriteFile(filepath.Join(f.dir, "vars/per-machine/vm1/a/key/secret"), onlyMachine, 0o644)
 	// Readable through the machine key while the user can open it…
 	if got := f.get("vm1", "a", "key"); got != key {
@@ -839,7 +840,7 @@ func TestMachineKeyToSomeoneElse(t *testing.T) {
 	// …but not once the machine key is encrypted to someone else.
 	other, _ := age.GenerateX25519Identity()
 	mk, _ := f.e.Repo.MachineIdentity("vm1", f.e.User)
-	foreign, _ := sops.Encrypt([]byte(mk.Raw()), []string{other.Recipient().String()})
+	foreign, _ := sops.Encrypt([]byte(mk.Raw()), sops.AgeAll(other.Recipient().String()))
 	os.WriteFile(filepath.Join(f.dir, "sops/secrets/vm1-age.key/secret"), foreign, 0o644)
 	before := f.snapshot()
 	_, err := f.e.Get("vm1", f.machine("vm1"), "a", "key")
