@@ -176,10 +176,10 @@ func (r *Repo) machineKeySecret(machine string) string {
 }
 
 // EnsureMachineKey returns the machine's public key, creating its key pair
-// on first need: the private key is stored sops-encrypted to every user,
-// with clan's users/<u> recipient links, and the public key in
-// sops/machines/<m>/key.json.
-func (r *Repo) EnsureMachineKey(machine string) (string, error) {
+// on first need: the private key is stored sops-encrypted to whom access
+// grants (clan: the admin creating it and the default groups), with
+// clan's links, and the public key in sops/machines/<m>/key.json.
+func (r *Repo) EnsureMachineKey(machine string, access Access) (string, error) {
 	if pub, err := r.MachinePublicKey(machine); err != nil || pub != "" {
 		return pub, err
 	}
@@ -187,17 +187,13 @@ func (r *Repo) EnsureMachineKey(machine string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	users, err := r.Users()
-	if err != nil {
-		return "", err
-	}
-	if len(users) == 0 {
-		return "", errors.New("no users in sops/users: run `credvm vars keygen` first")
+	if len(access.Users) == 0 && len(access.Groups) == 0 {
+		return "", errors.New("nobody could read the machine key: run `credvm vars keygen` first")
 	}
 	// The private key is written before the public one: a crash in between
 	// leaves an unused secret, never a public key nobody can decrypt to.
 	content := []byte("# created: machine key for " + machine + "\n# public key: " + id.Recipient().String() + "\n" + id.String() + "\n")
-	if err := r.WriteSecret(r.machineKeySecret(machine), content, nil, sortedKeys(users)); err != nil {
+	if err := r.WriteSecret(r.machineKeySecret(machine), content, access); err != nil {
 		return "", fmt.Errorf("machine %s: store private key: %w", machine, err)
 	}
 	pub := id.Recipient().String()
@@ -210,9 +206,9 @@ func (r *Repo) EnsureMachineKey(machine string) (string, error) {
 // StageMachineKey writes a machine's key pair into staging directories
 // of a transaction whose targets are the key's own directories
 // (PathsOf(m).PrivateKey and .PublicKey): the private key encrypted to
-// users, with clan's links, and the public key. privateKey "" makes a
-// new key. It returns the public key.
-func (r *Repo) StageMachineKey(machine, privateKey, secretStaging, pubStaging string, users []string) (string, error) {
+// whom access grants, with clan's links, and the public key. privateKey
+// "" makes a new key. It returns the public key.
+func (r *Repo) StageMachineKey(machine, privateKey, secretStaging, pubStaging string, access Access) (string, error) {
 	ids := &sops.Identities{}
 	if privateKey == "" {
 		id, err := age.GenerateX25519Identity()
@@ -226,11 +222,7 @@ func (r *Repo) StageMachineKey(machine, privateKey, secretStaging, pubStaging st
 	}
 	pub := ids.Recipients[0]
 	content := []byte("# machine key for " + machine + "\n# public key: " + pub + "\n" + ids.Raw())
-	keys, err := r.Recipients(nil, users)
-	if err != nil {
-		return "", err
-	}
-	if err := r.StageSecretTo(secretStaging, content, keys, nil, users); err != nil {
+	if err := r.StageSecret(secretStaging, content, access); err != nil {
 		return "", fmt.Errorf("machine %s: store private key: %w", machine, err)
 	}
 	return pub, r.writeKeyFile(filepath.Join(pubStaging, "key.json"), []sops.Recipient{sops.Age(pub)})
@@ -264,34 +256,6 @@ func (r *Repo) MachineIdentity(machine string, user *sops.Identities) (*sops.Ide
 	return ids, nil
 }
 
-// Recipients returns the public keys a secret for these machines and users
-// must be encrypted to, sorted and without duplicates.
-func (r *Repo) Recipients(machines, users []string) ([]sops.Recipient, error) {
-	var keys []sops.Recipient
-	for _, m := range machines {
-		pub, err := r.MachinePublicKey(m)
-		if err != nil {
-			return nil, err
-		}
-		if pub == "" {
-			return nil, fmt.Errorf("machine %s has no key yet", m)
-		}
-		keys = append(keys, sops.Age(pub))
-	}
-	all, err := r.Users()
-	if err != nil {
-		return nil, err
-	}
-	for _, u := range users {
-		k, ok := all[u]
-		if !ok {
-			return nil, fmt.Errorf("user %s: no sops/users/%s/key.json", u, u)
-		}
-		keys = append(keys, k...)
-	}
-	return SortRecipients(keys), nil
-}
-
 // SortRecipients sorts keys by type and key and drops duplicates, for
 // stable files and comparisons.
 func SortRecipients(keys []sops.Recipient) []sops.Recipient {
@@ -302,37 +266,52 @@ func SortRecipients(keys []sops.Recipient) []sops.Recipient {
 	return slices.CompactFunc(out, func(a, b sops.Recipient) bool { return a.Type == b.Type && SameKey(a.Key, b.Key) })
 }
 
-// WriteSecret writes dir/secret, the plaintext encrypted to the given
-// machines and users, and clan's recipient links dir/machines/<m> and
-// dir/users/<u>. The secret file is replaced atomically and durably; links
-// that no longer apply are removed.
-func (r *Repo) WriteSecret(dir string, plaintext []byte, machines, users []string) error {
-	return r.writeSecret(dir, plaintext, machines, users, true)
+// WriteSecret writes dir/secret, the plaintext encrypted to exactly the
+// keys access grants, and clan's links for access (those that no longer
+// apply are removed). The secret file is replaced atomically and durably.
+func (r *Repo) WriteSecret(dir string, plaintext []byte, access Access) error {
+	grants, err := r.Keys(access)
+	if err != nil {
+		return err
+	}
+	return r.writeSecretTo(dir, plaintext, RecipientsOf(grants), access, true)
 }
 
 // StageSecret is WriteSecret into a staging directory that its
 // transaction makes durable as a whole before committing it: no fsync per
 // file.
-func (r *Repo) StageSecret(dir string, plaintext []byte, machines, users []string) error {
-	return r.writeSecret(dir, plaintext, machines, users, false)
-}
-
-// StageSecretTo is StageSecret with the recipients' keys given (machine
-// keys not yet committed: staged in the same transaction); machines and
-// users still name the links.
-func (r *Repo) StageSecretTo(dir string, plaintext []byte, keys []sops.Recipient, machines, users []string) error {
-	return r.writeSecretTo(dir, plaintext, keys, machines, users, false)
-}
-
-func (r *Repo) writeSecret(dir string, plaintext []byte, machines, users []string, durable bool) error {
-	rcpts, err := r.Recipients(machines, users)
+func (r *Repo) StageSecret(dir string, plaintext []byte, access Access) error {
+	grants, err := r.Keys(access)
 	if err != nil {
 		return err
 	}
-	return r.writeSecretTo(dir, plaintext, rcpts, machines, users, durable)
+	return r.writeSecretTo(dir, plaintext, RecipientsOf(grants), access, false)
 }
 
-func (r *Repo) writeSecretTo(dir string, plaintext []byte, rcpts []sops.Recipient, machines, users []string, durable bool) error {
+// StageSecretTo is StageSecret with keys added to what access grants:
+// machine keys not yet committed, staged in the same transaction (their
+// machines are in access.Machines for the links, and left out of the
+// lookup).
+func (r *Repo) StageSecretTo(dir string, plaintext []byte, pending map[string]string, access Access) error {
+	lookup := access
+	var keys []sops.Recipient
+	for m, pub := range pending {
+		if slices.Contains(access.Machines, m) {
+			lookup = lookup.Without(m)
+			keys = append(keys, sops.Age(pub))
+		}
+	}
+	grants, err := r.Keys(lookup)
+	if err != nil {
+		return err
+	}
+	return r.writeSecretTo(dir, plaintext, append(keys, RecipientsOf(grants)...), access, false)
+}
+
+func (r *Repo) writeSecretTo(dir string, plaintext []byte, rcpts []sops.Recipient, access Access, durable bool) error {
+	if len(rcpts) == 0 {
+		return fmt.Errorf("%s: nobody could read it: no user, machine or group grants access", r.Rel(dir))
+	}
 	enc, err := sops.Encrypt(plaintext, SortRecipients(rcpts))
 	if err != nil {
 		return err
@@ -348,10 +327,7 @@ func (r *Repo) writeSecretTo(dir string, plaintext []byte, rcpts []sops.Recipien
 	if err != nil {
 		return err
 	}
-	if err := r.link(dir, "machines", machines); err != nil {
-		return err
-	}
-	return r.link(dir, "users", users)
+	return errors.Join(r.link(dir, "machines", access.Machines), r.link(dir, "users", access.Users), r.link(dir, "groups", access.Groups))
 }
 
 // link makes dir/<kind>/<name> a relative symlink to sops/<kind>/<name>

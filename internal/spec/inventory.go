@@ -108,6 +108,13 @@ type Settings struct {
 	//	files = 1000        # files in $out
 	//	processes = 512     # processes of the script at once
 	//	memory = "2GiB"     # memory of the script's processes (and tmpfs they fill)
+	// Sops configures recipients as clan's clan.core.sops options do:
+	//
+	//	[sops]
+	//	default_groups = ["admins"]   # groups every new secret is shared with
+	Sops struct {
+		DefaultGroups *[]string `toml:"default_groups" json:"default_groups"`
+	} `toml:"sops" json:"sops"`
 	Limits struct {
 		Output    string `toml:"output" json:"output"`
 		Files     int    `toml:"files" json:"files"`
@@ -117,6 +124,18 @@ type Settings struct {
 
 	retention time.Duration
 	limits    GeneratorLimits
+}
+
+// DefaultGroupsDefault is [sops] default_groups when credvm.toml says
+// nothing: clan's admins group.
+var DefaultGroupsDefault = []string{"admins"}
+
+// DefaultGroups are the groups every new secret is shared with.
+func (s *Settings) DefaultGroups() []string {
+	if s == nil || s.Sops.DefaultGroups == nil {
+		return DefaultGroupsDefault
+	}
+	return *s.Sops.DefaultGroups
 }
 
 // GeneratorLimits are the parsed [limits].

@@ -68,7 +68,7 @@ func (e *Engine) generateLocked(ctx context.Context, machines []*spec.Machine, o
 		return nil, err
 	}
 	defer e.inputs.removeBins()
-	users, err := e.recipientUsers()
+	me, err := e.me()
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +80,7 @@ func (e *Engine) generateLocked(ctx context.Context, machines []*spec.Machine, o
 	if err != nil {
 		return nil, err
 	}
-	r := &runner{e: e, sandbox: sandbox, bwrap: bwrap, users: users, answers: answers, noCommit: opts.NoCommit, showOutput: opts.ShowOutput}
+	r := &runner{e: e, sandbox: sandbox, bwrap: bwrap, me: me, answers: answers, noCommit: opts.NoCommit, showOutput: opts.ShowOutput}
 	if len(p.allShared.Vars.Generators) > 0 {
 		machinesOf, err := e.sharedMachines()
 		if err != nil {

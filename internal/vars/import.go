@@ -122,7 +122,7 @@ func (e *Engine) decryptingKeys(files ...string) ([]age.Identity, error) {
 }
 
 func (e *Engine) importLocked(b *Bundle, opts ImportOptions) (*ImportResult, error) {
-	users, err := e.recipientUsers()
+	me, err := e.me()
 	if err != nil {
 		return nil, err
 	}
@@ -154,8 +154,8 @@ func (e *Engine) importLocked(b *Bundle, opts ImportOptions) (*ImportResult, err
 			Why: fmt.Sprintf("the bundle would replace shared vars (%s) that other machines of this repository use", strings.Join(replaced, ", "))}
 	}
 	t := newTxn(e.Repo)
-	r := &runner{e: e, users: users, pending: map[string]string{}}
-	if err := e.stageMachine(t, r, b, m, newMachine, users, res); err != nil {
+	r := &runner{e: e, me: me, pending: map[string]string{}}
+	if err := e.stageMachine(t, r, b, m, newMachine, res); err != nil {
 		t.abort()
 		return nil, err
 	}
@@ -218,7 +218,7 @@ func (e *Engine) sharedReplaced(b *Bundle, m *spec.Machine) ([]string, error) {
 // stageMachine stages a new machine's file and, when the repository has
 // no key for it, its key pair (the bundle's, or a new one): in the same
 // transaction as its vars, so that a crash leaves none or all of them.
-func (e *Engine) stageMachine(t *txn, r *runner, b *Bundle, m *spec.Machine, newMachine bool, users []string, res *ImportResult) error {
+func (e *Engine) stageMachine(t *txn, r *runner, b *Bundle, m *spec.Machine, newMachine bool, res *ImportResult) error {
 	p := e.Repo.MachinePaths(m.Name)
 	if newMachine {
 		staging, err := t.stage(p.Dir)
@@ -255,7 +255,7 @@ func (e *Engine) stageMachine(t *txn, r *runner, b *Bundle, m *spec.Machine, new
 	if err != nil {
 		return err
 	}
-	pub, err := e.Repo.StageMachineKey(m.Name, b.MachineKey, secret, pubDir, users)
+	pub, err := e.Repo.StageMachineKey(m.Name, b.MachineKey, secret, pubDir, repo.Access{Users: []string{r.me}, Groups: e.Repo.DefaultGroups()})
 	if err != nil {
 		return err
 	}
@@ -315,11 +315,12 @@ func (e *Engine) stageBundle(t *txn, r *runner, b *Bundle, m *spec.Machine) (int
 		if meta == nil {
 			meta = &Meta{Definition: g.DefinitionHash(), Generation: randomID()}
 		}
-		staging, err := t.stage(e.GeneratorDir(m.Name, g))
+		target := e.GeneratorDir(m.Name, g)
+		staging, err := t.stage(target)
 		if err != nil {
 			return 0, err
 		}
-		if err := r.writeGenerator(staging, g, files, meta, machines); err != nil {
+		if err := r.writeGenerator(staging, target, g, files, meta, machines); err != nil {
 			return 0, fmt.Errorf("vars %s/%s: %w", m.Name, g.Name, err)
 		}
 		if bg.ValidationHash != "" {

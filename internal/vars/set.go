@@ -33,7 +33,7 @@ func (e *Engine) Set(m *spec.Machine, gen, file string, value []byte, opts SetOp
 }
 
 func (e *Engine) set(m *spec.Machine, g *spec.Generator, f *spec.File, value []byte, opts SetOptions) error {
-	users, err := e.recipientUsers()
+	me, err := e.me()
 	if err != nil {
 		return err
 	}
@@ -61,14 +61,14 @@ func (e *Engine) set(m *spec.Machine, g *spec.Generator, f *spec.File, value []b
 	}); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fail(err)
 	}
-	r := &runner{e: e, users: users}
+	r := &runner{e: e, me: me}
 	one := &spec.Generator{Name: g.Name, Files: map[string]*spec.File{f.Name: f}}
 	meta, _ := readMeta(e.Repo, target)
 	if meta == nil {
 		meta = &Meta{Definition: g.DefinitionHash()}
 	}
 	meta.Generation = randomID()
-	if err := r.writeGenerator(staging, one, map[string][]byte{f.Name: value}, meta, machines); err != nil {
+	if err := r.writeGenerator(staging, target, one, map[string][]byte{f.Name: value}, meta, machines); err != nil {
 		return fail(err)
 	}
 	if err := t.commit(); err != nil {

@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
 )
@@ -43,33 +45,47 @@ func (e *Engine) commitGit(noCommit bool, paths []string, format string, args ..
 	return nil
 }
 
-// recipientUsers returns the registered users, after checking that the
-// person running credvm is one of them: clan refuses to write secrets its
-// own admin could not read back, and so do we.
-func (e *Engine) recipientUsers() ([]string, error) {
+// me is the registered user running credvm — clan's "admin": every secret
+// it writes is also encrypted to them (clan refuses to write secrets its
+// own admin could not read back, and so do we). Their key decides; a key
+// credvm cannot see the public half of (an age plugin's) falls back to
+// $USER's registration.
+func (e *Engine) me() (string, error) {
 	all, err := e.Repo.Users()
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	if len(all) == 0 {
-		return nil, errors.New("vars: no users in sops/users, so nobody could read the secrets: run `credvm vars keygen` first")
+		return "", errors.New("vars: no users in sops/users, so nobody could read the secrets: run `credvm vars keygen` first")
 	}
-	if e.User == nil || len(e.User.Recipients) == 0 {
-		return nil, errors.New("vars: no age key of yours found: " + sops.NoKeyFix())
+	if e.User == nil || len(e.User.List) == 0 {
+		return "", errors.New("vars: no age key of yours found: " + sops.NoKeyFix())
 	}
-	me, err := e.Repo.UserFor(e.User.Recipients)
+	me, err := e.Repo.UserFor(e.User.Public())
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	if me == "" {
-		return nil, fmt.Errorf("vars: your age key %s is not registered in sops/users: run `credvm vars keygen` to add it", e.User.Recipients[0])
+		if _, ok := all[os.Getenv("USER")]; ok && len(e.User.Public()) == 0 {
+			return os.Getenv("USER"), nil
+		}
+		key := "of yours"
+		if pub := e.User.Public(); len(pub) > 0 {
+			key = pub[0]
+		}
+		return "", fmt.Errorf("vars: your age key %s is not registered in sops/users: run `credvm vars keygen` to add it", key)
 	}
-	names := make([]string, 0, len(all))
-	for n := range all {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names, nil
+	return me, nil
+}
+
+// newAccess is what a secret written now is shared with besides its
+// machines: the user writing it, the default groups ([sops]
+// default_groups), and whoever the previous generation's links named
+// (old: its directory) — clan's encrypt_secret.
+func (r *runner) newAccess(old string) repo.Access {
+	prev := r.e.Repo.AccessOf(old)
+	base := repo.Access{Users: []string{r.me}, Groups: r.e.Repo.DefaultGroups()}
+	return base.Union(repo.Access{Users: prev.Users, Groups: prev.Groups})
 }
 
 // sharedMachines maps each shared generator to the machines that use it.
@@ -95,10 +111,11 @@ func (e *Engine) sharedMachines() (map[string][]string, error) {
 
 // runner runs generators and stages their outputs.
 type runner struct {
-	e        *Engine
-	sandbox  Sandbox
-	bwrap    string
-	users    []string
+	e       *Engine
+	sandbox Sandbox
+	bwrap   string
+	// me is the user writing (see Engine.me).
+	me       string
 	answers  map[string][]byte
 	noCommit bool
 	// showOutput shows a failing script's output, scrubbed.
@@ -146,7 +163,7 @@ func (r *runner) runTxn(ctx context.Context, label string, gens []*spec.Generato
 			t.abort()
 			return fmt.Errorf("vars %s/%s: stage: %w", label, g.Name, err)
 		}
-		if err := r.writeGenerator(staging, g, files, meta, deployTo); err != nil {
+		if err := r.writeGenerator(staging, target, g, files, meta, deployTo); err != nil {
 			t.abort()
 			return fmt.Errorf("vars %s/%s: store: %w", label, g.Name, err)
 		}
@@ -182,7 +199,7 @@ func randomID() string {
 
 // writeGenerator writes a generator's directory: each file as secret (sops,
 // with recipient links) or value, the validation hash, and our metadata.
-func (r *runner) writeGenerator(dir string, g *spec.Generator, files map[string][]byte, meta *Meta, machines []string) error {
+func (r *runner) writeGenerator(dir, target string, g *spec.Generator, files map[string][]byte, meta *Meta, machines []string) error {
 	e := r.e
 	for _, f := range g.SortedFiles() {
 		fdir := filepath.Join(dir, f.Name)
@@ -197,28 +214,22 @@ func (r *runner) writeGenerator(dir string, g *spec.Generator, files map[string]
 			}
 			continue
 		}
-		var to []string
-		var keys []sops.Recipient
+		access := r.newAccess(filepath.Join(target, f.Name))
 		if f.IsDeployed() {
-			to = machines
-			for _, m := range to {
-				pub, ok := r.pending[m]
-				if !ok {
-					var err error
-					if pub, err = e.Repo.EnsureMachineKey(m); err != nil {
-						return err
-					}
+			access.Machines = machines
+			for _, m := range machines {
+				if _, ok := r.pending[m]; ok {
+					continue
 				}
-				keys = append(keys, sops.Age(pub))
+				if _, err := e.Repo.EnsureMachineKey(m, repo.Access{Users: []string{r.me}, Groups: e.Repo.DefaultGroups()}); err != nil {
+					return err
+				}
 			}
 		}
-		userKeys, err := e.Repo.Recipients(nil, r.users)
-		if err != nil {
-			return err
-		}
-		if err := e.Repo.StageSecretTo(fdir, content, append(keys, userKeys...), to, r.users); err != nil {
+		if err := e.Repo.StageSecretTo(fdir, content, r.pending, access); err != nil {
 			return fmt.Errorf("%s: %w", f.Name, err)
 		}
+		r.noteRecipients(g, f, filepath.Join(target, f.Name), fdir)
 	}
 	if h := g.ValidationHash(); h != "" {
 		if err := e.Repo.WriteFile(filepath.Join(dir, ValidationFile), []byte(h), 0o644); err != nil {
@@ -273,7 +284,7 @@ func (r *runner) fixSharedRecipients(shared *spec.Machine, machinesOf map[string
 			t.abort()
 			return err
 		}
-		if err := r.writeGenerator(staging, g, files, meta, want); err != nil {
+		if err := r.writeGenerator(staging, dir, g, files, meta, want); err != nil {
 			t.abort()
 			return fmt.Errorf("vars shared/%s: %w", g.Name, err)
 		}
@@ -287,4 +298,21 @@ func (r *runner) fixSharedRecipients(shared *spec.Machine, machinesOf map[string
 	}
 	e.logf("shared/%s: re-encrypted for the machines using it", strings.Join(fixed, ", "))
 	return e.commitGit(r.noCommit, []string{e.Repo.Path("vars", "shared"), e.Repo.Path("sops")}, "vars: re-encrypt shared %s for the machines using them", strings.Join(fixed, ", "))
+}
+
+// noteRecipients tells when a secret's new generation is encrypted to
+// other keys than the one it replaces (a user joined a group, a machine
+// stopped deploying it): who can read a secret never changes unsaid.
+func (r *runner) noteRecipients(g *spec.Generator, f *spec.File, old, staged string) {
+	before, err := r.e.Repo.SecretRecipients(old)
+	if err != nil {
+		return // a new secret
+	}
+	after, err := r.e.Repo.SecretRecipients(staged)
+	if err != nil {
+		return
+	}
+	if added, removed := repo.DiffRecipients(before, after); len(added)+len(removed) > 0 {
+		r.e.logf("%s/%s: encrypted to other keys than before: %s", g.Name, f.Name, r.e.Repo.DescribeChange(added, removed))
+	}
 }

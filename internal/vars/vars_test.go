@@ -932,7 +932,7 @@ func TestPurge(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := f.e.Repo
-			if _, err := r.EnsureMachineKey("vm1"); err != nil {
+			if _, err := r.EnsureMachineKey("vm1", repo.Access{Users: []string{"alice"}}); err != nil {
 				t.Fatal(err)
 			}
 			want := []string{"vars/per-machine/vm1", "vars-history/per-machine/vm1", "sops/machines/vm1", "sops/secrets/vm1-age.key"}
