@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"filippo.io/age"
 
 	"github.com/credvm/credvm/internal/guest"
 	"github.com/credvm/credvm/internal/guestimage"
@@ -121,6 +124,14 @@ func TestJSONVocabulary(t *testing.T) {
 	check("vars list", "vars", "list")
 	check("vars check", "vars", "check")
 	check("vars history", "vars", "history", "app-vm-01")
+	check("vars fix", "vars", "fix")
+	// A member committed into the admins group: fix re-encrypts for them.
+	eve, _ := age.GenerateX25519Identity()
+	os.MkdirAll(filepath.Join(r.dir, "sops/users/eve"), 0o755)
+	os.WriteFile(filepath.Join(r.dir, "sops/users/eve/key.json"), []byte(`[{"publickey": "`+eve.Recipient().String()+`", "type": "age"}]`), 0o644)
+	os.Symlink("../../../users/eve", filepath.Join(r.dir, "sops/groups/admins/users/eve"))
+	check("vars fix", "vars", "fix", "--accept-recipients")
+	check("vars group list", "vars", "group", "list")
 	check("creds show", "creds", "show")
 	check("create", append([]string{"create", "app-vm-01"}, state...)...)
 	check("list", append([]string{"list"}, state...)...)

@@ -163,3 +163,12 @@ func (g *globals) printJSON(v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+// repoRoot is the repository's root, or "" when none is found.
+func (g *globals) repoRoot() string {
+	r, err := g.openRepo()
+	if err != nil {
+		return ""
+	}
+	return r.Root
+}

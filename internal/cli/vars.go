@@ -29,7 +29,7 @@ readable by the machine's own age key and every user in sops/users;
 public files in plain text next to them, as .../value. Shared generators
 (share = true) store under vars/shared/<generator>/.`,
 	}
-	cmd.AddCommand(newVarsGenerateCmd(g), newVarsListCmd(g), newVarsCheckCmd(g), newVarsMachineKeyCmd(g),
+	cmd.AddCommand(newVarsGenerateCmd(g), newVarsListCmd(g), newVarsCheckCmd(g), newVarsMachineKeyCmd(g), newVarsFixCmd(g), newVarsGroupCmd(g),
 		newVarsGetCmd(g), newVarsSetCmd(g), newVarsKeygenCmd(g), newVarsHistoryCmd(g), newVarsRollbackCmd(g), newVarsExportCmd(g), newVarsImportCmd(g))
 	return cmd
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -85,11 +86,15 @@ func newVarsCheckCmd(g *globals) *cobra.Command {
 				}
 			} else {
 				for _, p := range problems {
+					if p.Machine == "" {
+						fmt.Fprintf(g.stdout, "%s: %s\n", p.Status, p.Reason)
+						continue
+					}
 					fmt.Fprintf(g.stdout, "%s/%s: %s (%s)\n", p.Machine, p.Generator, p.Status, p.Reason)
 				}
 			}
 			if len(problems) > 0 {
-				return &exitError{1, fmt.Sprintf("%s %s generating: run `credvm vars generate %s`", words.Plural(len(problems), "generator", "generators"), words.Verb(len(problems), "needs", "need"), strings.Join(machinesOf(problems), " "))}
+				return &exitError{1, checkSummary(problems)}
 			}
 			if !asJSON {
 				fmt.Fprintf(g.stdout, "all vars of %s are up to date\n", words.Plural(len(ms), "machine", "machines"))
@@ -104,14 +109,36 @@ each missing or outdated generator with the command that fixes it.`
 }
 
 // machinesOf lists the problems' machines, each once, in order.
-func machinesOf(problems []vars.CheckProblem) []string {
-	var out []string
-	for i, p := range problems {
-		if i == 0 || problems[i-1].Machine != p.Machine {
-			out = append(out, p.Machine)
+// checkSummary is check's error: how many generators need generating and
+// how many secrets need fixing, with the commands that do it.
+func checkSummary(problems []vars.CheckProblem) string {
+	var gen, fix []string
+	var parts []string
+	nGen, nFix := 0, 0
+	for _, p := range problems {
+		switch p.Status {
+		case vars.StatusUnfixed:
+			nFix++
+			if !slices.Contains(fix, p.Machine) {
+				fix = append(fix, p.Machine)
+			}
+		case vars.StatusUngranted:
+			parts = append(parts, p.Reason+": "+p.Fix)
+		default:
+			nGen++
+			if !slices.Contains(gen, p.Machine) {
+				gen = append(gen, p.Machine)
+			}
 		}
 	}
-	return out
+	var out []string
+	if nGen > 0 {
+		out = append(out, fmt.Sprintf("%s %s generating: run `credvm vars generate %s`", words.Plural(nGen, "generator", "generators"), words.Verb(nGen, "needs", "need"), strings.Join(gen, " ")))
+	}
+	if nFix > 0 {
+		out = append(out, fmt.Sprintf("%s %s fixing: run `credvm vars fix %s`", words.Plural(nFix, "secret", "secrets"), words.Verb(nFix, "needs", "need"), strings.Join(fix, " ")))
+	}
+	return strings.Join(append(out, parts...), "; ")
 }
 
 func newVarsGetCmd(g *globals) *cobra.Command {

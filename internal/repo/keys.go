@@ -138,6 +138,15 @@ func (r *Repo) AddUserKey(name string, key sops.Recipient) error {
 	return r.writeKeyFile(path, append(keys, key))
 }
 
+// SetUserKeys writes a user's key file with exactly keys (replacing a key
+// is `keygen --force`).
+func (r *Repo) SetUserKeys(name string, keys []sops.Recipient) error {
+	if err := CheckUserName(name); err != nil {
+		return err
+	}
+	return r.writeKeyFile(r.Path("sops", "users", name, "key.json"), keys)
+}
+
 // CheckUserName checks a user or group name: a directory name of
 // sops/users or sops/groups.
 func CheckUserName(name string) error {

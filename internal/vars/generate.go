@@ -76,6 +76,9 @@ func (e *Engine) generateLocked(ctx context.Context, machines []*spec.Machine, o
 	if err != nil {
 		return nil, err
 	}
+	if err := e.refuseDrift(machines); err != nil {
+		return nil, err
+	}
 	answers, err := e.askAll(p, opts)
 	if err != nil {
 		return nil, err

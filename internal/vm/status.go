@@ -206,7 +206,7 @@ func (in *Inspector) varsProblem(st *Status, r *repo.Repo, reg *Registration) st
 	if err != nil {
 		return ""
 	}
-	problems, err := (&vars.Engine{Repo: r}).Check([]*spec.Machine{m})
+	problems, err := (&vars.Engine{Repo: r}).Missing([]*spec.Machine{m})
 	if err != nil || len(problems) == 0 {
 		return ""
 	}
