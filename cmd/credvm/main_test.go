@@ -6,10 +6,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +22,7 @@ import (
 	"github.com/credvm/credvm/internal/backup"
 	"github.com/credvm/credvm/internal/cli"
 	"github.com/credvm/credvm/internal/faultinject"
+	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/testenv"
 	"github.com/credvm/credvm/internal/vars"
 )
@@ -56,7 +61,10 @@ func TestScript(t *testing.T) {
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"tamper-backup": tamperBackup,
-			"forge-bundle":  forgeBundle,
+			// same-recipients A B: every secret of repository A has the
+			// recipients and the links of the same secret of B.
+			"same-recipients": sameRecipients,
+			"forge-bundle":    forgeBundle,
 			// need-faultinject fails a scenario that kills credvm at fault
 			// points when they are not compiled in: it would pass for the
 			// wrong reason, or fail without saying why.
@@ -168,4 +176,55 @@ func forgeBundle(ts *testscript.TestScript, neg bool, args []string) {
 	signed, err := signer.Sign(sealed)
 	ts.Check(err)
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]), signed, 0o600))
+}
+
+// sameRecipients compares two repositories' secrets: the same files, each
+// encrypted to the same keys, with the same users/, machines/ and groups/
+// link names.
+func sameRecipients(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: same-recipients DIR DIR")
+	}
+	read := func(root string) map[string]string {
+		out := map[string]string{}
+		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.Name() != "secret" || d.IsDir() {
+				return nil
+			}
+			b, _ := os.ReadFile(p)
+			rs, err := sops.Recipients(b)
+			if err != nil {
+				ts.Fatalf("%s: %v", p, err)
+			}
+			keys := sops.Keys(rs)
+			slices.Sort(keys)
+			dir := filepath.Dir(p)
+			var links []string
+			for _, kind := range []string{"users", "machines", "groups"} {
+				es, _ := os.ReadDir(filepath.Join(dir, kind))
+				for _, e := range es {
+					links = append(links, kind+"/"+e.Name())
+				}
+			}
+			rel, _ := filepath.Rel(root, dir)
+			out[rel] = strings.Join(keys, " ") + " | " + strings.Join(links, " ")
+			return nil
+		})
+		return out
+	}
+	a, b := read(ts.MkAbs(args[0])), read(ts.MkAbs(args[1]))
+	var diffs []string
+	for k, v := range a {
+		if b[k] != v {
+			diffs = append(diffs, fmt.Sprintf("%s:\n  %s\n  %s", k, v, b[k]))
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			diffs = append(diffs, k+": only in "+args[1])
+		}
+	}
+	if len(diffs) > 0 != neg {
+		ts.Fatalf("recipients differ:\n%s", strings.Join(diffs, "\n"))
+	}
 }

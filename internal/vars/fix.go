@@ -233,6 +233,7 @@ func (e *Engine) fixLocked(machines []*spec.Machine, o FixOptions) (*FixResult, 
 			Why: fmt.Sprintf("%s would be able to read secrets they cannot read now", words.Plural(len(changes), "recipient", "recipients"))}
 	}
 	t := newTxn(e.Repo)
+	t.noHistory = true
 	staged := map[string]string{}
 	for _, d := range drifts {
 		staging, ok := staged[d.ref.Target]

@@ -247,6 +247,7 @@ func (r *runner) writeGenerator(dir, target string, g *spec.Generator, files map
 func (r *runner) fixSharedRecipients(shared *spec.Machine, machinesOf map[string][]string) error {
 	e := r.e
 	t := newTxn(e.Repo)
+	t.noHistory = true // the same values, re-encrypted
 	var fixed []string
 	for _, g := range shared.SortedGenerators() {
 		dir := e.GeneratorDir("", g)

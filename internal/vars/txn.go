@@ -86,6 +86,10 @@ type txn struct {
 	id      string
 	repo    *repo.Repo
 	entries []txnEntry
+	// noHistory keeps no replaced content: for a re-encryption (vars fix)
+	// the values are the same, and rolling back to the old recipients
+	// would undo the fix.
+	noHistory bool
 }
 
 func newTxn(r *repo.Repo) *txn {
@@ -112,7 +116,11 @@ func (t *txn) stage(target string) (string, error) {
 	if err := r.CheckTxnTarget(target); err != nil {
 		return "", err
 	}
-	e := entryFor(r, target, t.id, historyPath(r, target, t.id))
+	history := historyPath(r, target, t.id)
+	if t.noHistory {
+		history = ""
+	}
+	e := entryFor(r, target, t.id, history)
 	if err := r.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return "", err
 	}
