@@ -2,12 +2,14 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/credvm/credvm/internal/repo"
@@ -58,34 +60,53 @@ type ttyPrompter struct {
 	out io.Writer
 }
 
-func (t *ttyPrompter) Ask(machine, gen string, p *spec.Prompt) ([]byte, error) {
-	desc := p.Description
-	if desc == "" {
-		desc = p.Name
+func (t *ttyPrompter) Ask(machine, gen string, p *spec.Prompt, previous []byte) ([]byte, error) {
+	desc := cmp.Or(p.Display.Label, p.Description, p.Name)
+	label := fmt.Sprintf("%s/%s: %s", machine, gen, desc)
+	if previous != nil {
+		label += " (Enter keeps the stored answer)"
 	}
-	switch p.Type {
-	case "hidden":
-		return askHidden(t.in, t.out, fmt.Sprintf("%s/%s: %s", machine, gen, desc))
-	case "multiline":
-		fmt.Fprintf(t.out, "%s/%s: %s (end with Ctrl-D on an empty line):\n", machine, gen, desc)
-		return io.ReadAll(t.in)
+	var v []byte
+	var err error
+	switch {
+	case p.IsHidden():
+		v, err = askHidden(t.in, t.out, label, p.IsMultiline())
+	case p.IsMultiline():
+		fmt.Fprintf(t.out, "%s (end with Ctrl-D on an empty line):\n", label)
+		v, err = io.ReadAll(t.in)
+	default:
+		fmt.Fprintf(t.out, "%s: ", label)
+		v, err = readLine(t.in)
 	}
-	fmt.Fprintf(t.out, "%s/%s: %s: ", machine, gen, desc)
-	return readLine(t.in)
+	if err == nil && len(v) == 0 && previous != nil {
+		return previous, nil
+	}
+	return v, err
 }
 
 // askHidden reads a hidden answer twice, without echo, until both match
-// (three tries): a typo in a password nobody sees would be stored.
-func askHidden(in *os.File, out io.Writer, label string) ([]byte, error) {
+// (three tries): a typo in a password nobody sees would be stored. A
+// multiline one reads until Ctrl-D.
+func askHidden(in *os.File, out io.Writer, label string, multiline bool) ([]byte, error) {
+	read := func() ([]byte, error) {
+		if !multiline {
+			return term.ReadPassword(int(in.Fd()))
+		}
+		return readNoEcho(in)
+	}
+	end := ""
+	if multiline {
+		end = ", end with Ctrl-D on an empty line"
+	}
 	for range 3 {
-		fmt.Fprintf(out, "%s (hidden): ", label)
-		first, err := term.ReadPassword(int(in.Fd()))
+		fmt.Fprintf(out, "%s (hidden%s): ", label, end)
+		first, err := read()
 		fmt.Fprintln(out)
 		if err != nil {
 			return nil, err
 		}
 		fmt.Fprintf(out, "%s (again): ", label)
-		second, err := term.ReadPassword(int(in.Fd()))
+		second, err := read()
 		fmt.Fprintln(out)
 		if err != nil {
 			return nil, err
@@ -96,6 +117,23 @@ func askHidden(in *os.File, out io.Writer, label string) ([]byte, error) {
 		fmt.Fprintln(out, "the two answers differ; once more")
 	}
 	return nil, errors.New("the answers differed three times; nothing was stored")
+}
+
+// readNoEcho reads until end of input with the terminal's echo off (and
+// its line editing on: Ctrl-D on an empty line ends).
+func readNoEcho(in *os.File) ([]byte, error) {
+	fd := int(in.Fd())
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return nil, err
+	}
+	quiet := *old
+	quiet.Lflag &^= unix.ECHO
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &quiet); err != nil {
+		return nil, err
+	}
+	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+	return io.ReadAll(in)
 }
 
 // readLine reads one line, a byte at a time so as not to read past it.

@@ -66,6 +66,9 @@ func fileKind(f vars.FileStatus) string {
 }
 
 func fileStatus(f vars.FileStatus) string {
+	if f.Status == vars.StatusOK && f.Notice != "" {
+		return "ok (" + f.Notice + ")"
+	}
 	if f.Reason != "" {
 		return f.Status + " (" + f.Reason + ")"
 	}
@@ -93,8 +96,8 @@ func newVarsCheckCmd(g *globals) *cobra.Command {
 					fmt.Fprintf(g.stdout, "%s/%s: %s (%s)\n", p.Machine, p.Generator, p.Status, p.Reason)
 				}
 			}
-			if len(problems) > 0 {
-				return &exitError{1, checkSummary(problems)}
+			if failing := slices.DeleteFunc(slices.Clone(problems), func(p vars.CheckProblem) bool { return p.Status == vars.StatusNotice }); len(failing) > 0 {
+				return &exitError{1, checkSummary(failing)}
 			}
 			if !asJSON {
 				fmt.Fprintf(g.stdout, "all vars of %s are up to date\n", words.Plural(len(ms), "machine", "machines"))
@@ -172,7 +175,7 @@ func newVarsSetCmd(g *globals) *cobra.Command {
 			if g.stdinIsTerminal() {
 				// Typed: not echoed, asked twice, one line without its
 				// newline (pipe a multi-line value).
-				v, err = askHidden(g.stdin.(*os.File), g.stderr, fmt.Sprintf("value for %s/%s", m.Name, args[1]))
+				v, err = askHidden(g.stdin.(*os.File), g.stderr, fmt.Sprintf("value for %s/%s", m.Name, args[1]), false)
 			} else {
 				v, err = io.ReadAll(g.stdin)
 			}

@@ -118,6 +118,21 @@ func decodeFile(path string, data []byte, v any) (*document, error) {
 			return doc, Problems{{File: path, Line: line, Msg: "invalid TOML: " + err.Error()}}
 		}
 	}
+	renamed := false
+	if hasClanName(doc.lines) {
+		// clan's camelCase names (runtimeInputs, neededFor, …): decode
+		// them as ours. Lines come from the index, under both names.
+		var generic map[string]any
+		if err := toml.Unmarshal(tomlData, &generic); err != nil {
+			return doc, fmt.Errorf("%s: %w", path, err)
+		}
+		renameClanKeys(generic, "", doc.lines)
+		b, err := toml.Marshal(generic)
+		if err != nil {
+			return doc, fmt.Errorf("%s: %w", path, err)
+		}
+		tomlData, renamed = b, true
+	}
 	dec := toml.NewDecoder(bytes.NewReader(tomlData))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -135,7 +150,7 @@ func decodeFile(path string, data []byte, v any) (*document, error) {
 					}
 				}
 				p := doc.problem(key, "%s", msg)
-				if !strings.HasSuffix(path, ".json") {
+				if !strings.HasSuffix(path, ".json") && !renamed {
 					p.Line, _ = e.Position()
 				}
 				ps = append(ps, p)
@@ -150,7 +165,7 @@ func decodeFile(path string, data []byte, v any) (*document, error) {
 		case errors.As(err, &de):
 			key := strings.Join(de.Key(), ".")
 			p := doc.problem(key, "%s", typeMessage(de.Error()))
-			if !strings.HasSuffix(path, ".json") {
+			if !strings.HasSuffix(path, ".json") && !renamed {
 				p.Line, _ = de.Position()
 			}
 			return doc, Problems{p}
@@ -457,4 +472,53 @@ func knownKeys(t reflect.Type, path []string) []string {
 		}
 	}
 	return out
+}
+
+// clanNames are clan's option names that credvm spells its own way, in
+// a machine file's generators: both spellings are accepted, in TOML and
+// in JSON, so that clan's machine.json reads as it is.
+var clanNames = map[string]string{
+	"runtimeInputs": "runtime_inputs",
+	"neededFor":     "needed_for",
+	"restartUnits":  "restart_units",
+	"helperText":    "helper_text",
+}
+
+func hasClanName(lines map[string]int) bool {
+	for k := range lines {
+		i := strings.LastIndexByte(k, '.')
+		if _, ok := clanNames[k[i+1:]]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// renameClanKeys renames clan's keys in a decoded document, adding the new
+// dotted keys to lines (at the old keys' lines).
+func renameClanKeys(v any, prefix string, lines map[string]int) {
+	m, ok := v.(map[string]any)
+	if !ok {
+		if list, ok := v.([]any); ok {
+			for i, x := range list {
+				renameClanKeys(x, fmt.Sprintf("%s[%d]", prefix, i), lines)
+			}
+		}
+		return
+	}
+	for k, x := range m {
+		key := joinKey(prefix, []string{k})
+		if ours, ok := clanNames[k]; ok {
+			if _, both := m[ours]; !both {
+				delete(m, k)
+				m[ours] = x
+				nk := joinKey(prefix, []string{ours})
+				if l, ok := lines[key]; ok {
+					lines[nk] = l
+				}
+				key = nk
+			}
+		}
+		renameClanKeys(x, key, lines)
+	}
 }

@@ -70,6 +70,13 @@ type File struct {
 	// Deploy false keeps the file from the machine: it is not encrypted to
 	// the machine's key and cannot be passed to the VM. Default true.
 	Deploy *bool `toml:"deploy" json:"deploy"`
+	// NeededFor is clan's phase the secret is deployed in (partitioning,
+	// activation, users, services; default services). credvm hands every
+	// deployed file over at start; it is kept for clan, and shown.
+	NeededFor string `toml:"needed_for" json:"needed_for"`
+	// RestartUnits are the guest's units to restart when the file
+	// changes (clan, with sops-nix); kept, and listed by creds show.
+	RestartUnits []string `toml:"restart_units" json:"restart_units"`
 
 	mode uint32
 }
@@ -78,10 +85,30 @@ type File struct {
 type Prompt struct {
 	Name string `toml:"-" json:"-"`
 
-	// Type is "line" (default), "hidden" (not echoed) or "multiline".
+	// Type is "line" (default), "hidden" (not echoed), "multiline" or
+	// "multiline-hidden".
 	Type        string `toml:"type" json:"type"`
 	Description string `toml:"description" json:"description"`
+	// Persist stores the answer as a secret file of the generator named
+	// after the prompt, as clan does (files.<name> and a copy into $out
+	// before the script runs); a later run offers it again, and without a
+	// terminal reuses it.
+	Persist bool `toml:"persist" json:"persist"`
+	// Display is clan's presentation of the prompt; Label, when set, is
+	// what is asked.
+	Display struct {
+		Group      string `toml:"group" json:"group"`
+		Label      string `toml:"label" json:"label"`
+		Required   bool   `toml:"required" json:"required"`
+		HelperText string `toml:"helper_text" json:"helper_text"`
+	} `toml:"display" json:"display"`
 }
+
+// IsHidden reports whether the answer is not echoed.
+func (p *Prompt) IsHidden() bool { return p.Type == "hidden" || p.Type == "multiline-hidden" }
+
+// IsMultiline reports whether the answer spans lines.
+func (p *Prompt) IsMultiline() bool { return p.Type == "multiline" || p.Type == "multiline-hidden" }
 
 // Credential maps a systemd credential name to where its value comes from:
 // exactly one of Var ("generator/file"), Value (a public literal) or File

@@ -76,6 +76,16 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 		if strings.TrimSpace(g.Script) == "" {
 			add(key, "no script: a generator must write its files to $out")
 		}
+		for pname, p := range g.Prompts {
+			if p != nil && p.Persist && g.Files[pname] == nil {
+				// clan: a persisted prompt is files.<prompt> (a secret),
+				// copied into $out before the script runs.
+				if g.Files == nil {
+					g.Files = map[string]*File{}
+				}
+				g.Files[pname] = &File{}
+			}
+		}
 		if len(g.Files) == 0 {
 			add(key, "no files: declare each output under [%s.files.<name>]", key)
 		}
@@ -98,6 +108,9 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 					f.mode = uint32(mode)
 				}
 			}
+			if f.NeededFor != "" && !oneOf(f.NeededFor, "partitioning", "activation", "users", "services") {
+				add(fkey+".needed_for", "invalid needed_for %q: use one of %s", f.NeededFor, QuoteList("partitioning", "activation", "users", "services"))
+			}
 			for _, who := range []struct{ k, v string }{{"owner", f.Owner}, {"group", f.Group}} {
 				if who.v != "" && !isUserName(who.v) {
 					add(fkey+"."+who.k, "invalid %s %q: a user or group name, or a number", who.k, who.v)
@@ -117,8 +130,8 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 			if p.Type == "" {
 				p.Type = "line"
 			}
-			if !oneOf(p.Type, "line", "hidden", "multiline") {
-				add(pkey+".type", "invalid prompt type %q: use one of %s", p.Type, QuoteList("line", "hidden", "multiline"))
+			if !oneOf(p.Type, "line", "hidden", "multiline", "multiline-hidden") {
+				add(pkey+".type", "invalid prompt type %q: use one of %s", p.Type, QuoteList("line", "hidden", "multiline", "multiline-hidden"))
 			}
 		}
 		for i, d := range g.Dependencies {

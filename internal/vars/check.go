@@ -40,6 +40,17 @@ func (e *Engine) Check(machines []*spec.Machine) ([]CheckProblem, error) {
 		}
 		problems = append(problems, CheckProblem{machine, gen, StatusUnfixed, "its recipients differ from what its links and groups grant: " + d.Change, "credvm vars fix " + machine})
 	}
+	for _, m := range machines {
+		st, err := e.Status(m)
+		if err != nil {
+			return nil, err
+		}
+		for _, gs := range st {
+			if gs.Status == StatusOK && gs.Notice != "" {
+				problems = append(problems, CheckProblem{m.Name, gs.Name, StatusNotice, gs.Notice, "credvm vars generate " + m.Name + " -g " + gs.Name})
+			}
+		}
+	}
 	for _, u := range e.ungrantedUsers() {
 		problems = append(problems, CheckProblem{"", "", StatusUngranted,
 			fmt.Sprintf("user %s is in sops/users, but no link or group grants them anything (it takes a link or a group: a directory alone grants nothing)", u),
@@ -55,6 +66,9 @@ const (
 	StatusUnfixed = "unfixed"
 	// StatusUngranted: a registered user nothing grants access to.
 	StatusUngranted = "ungranted"
+	// StatusNotice: valid vars with something to tell (a changed
+	// definition): never a failure.
+	StatusNotice = "notice"
 )
 
 // ungrantedUsers are the users of sops/users in no group and linked from

@@ -79,8 +79,10 @@ func (e *Engine) plan(m *spec.Machine, opts GenerateOptions) ([]*spec.Generator,
 	}
 	run := map[string]bool{}
 	for _, s := range status {
-		chosen := len(opts.Generators) == 0 || slices.Contains(opts.Generators, s.Name)
-		if chosen && (opts.Regenerate || s.Status != StatusOK) {
+		named := slices.Contains(opts.Generators, s.Name)
+		chosen := len(opts.Generators) == 0 || named
+		// A generator named with -g runs, current or not, as clan's does.
+		if chosen && (opts.Regenerate || named || s.Status != StatusOK) {
 			run[s.Name] = true
 		}
 	}
@@ -118,7 +120,7 @@ func (e *Engine) askAll(p *runPlan, opts GenerateOptions) (map[string][]byte, er
 			if _, ok := answers[key]; ok {
 				continue
 			}
-			v, err := answer(opts, machine, g, pr)
+			v, err := e.answer(opts, machine, g, pr)
 			if err != nil {
 				return err
 			}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -119,20 +120,37 @@ func (a Answers) lookup(gen, prompt string) ([]byte, bool) {
 	return v, ok
 }
 
-// Terminal asks prompts interactively.
+// Terminal asks prompts interactively. previous, when not nil, is a
+// persisted prompt's stored answer: an empty answer keeps it.
 type Terminal interface {
-	Ask(machine, gen string, p *spec.Prompt) ([]byte, error)
+	Ask(machine, gen string, p *spec.Prompt, previous []byte) ([]byte, error)
 }
 
-// answer finds a prompt's value: given, or asked on the terminal. Without
-// either it fails at once — a run never waits for input that cannot come.
-func answer(opts GenerateOptions, machine string, g *spec.Generator, p *spec.Prompt) ([]byte, error) {
+// answer finds a prompt's value: given, or asked on the terminal — or,
+// for a persisted prompt without a terminal, its stored answer (clan
+// offers it again). Without any it fails at once: a run never waits for
+// input that cannot come.
+func (e *Engine) answer(opts GenerateOptions, machine string, g *spec.Generator, p *spec.Prompt) ([]byte, error) {
 	if v, ok := opts.Answers.lookup(g.Name, p.Name); ok {
 		return v, nil
 	}
-	if opts.Terminal == nil {
-		return nil, fmt.Errorf("vars %s/%s: prompt %q needs an answer and there is no terminal: pass --prompt %s/%s=@FILE (or =VALUE) or --prompts-file FILE.json",
-			machine, g.Name, p.Name, g.Name, p.Name)
+	var previous []byte
+	if p.Persist {
+		owner := machine
+		if g.Share {
+			owner = ""
+		}
+		if v, err := e.Repo.DecryptSecret(filepath.Join(e.Repo.GeneratorDir(owner, g.Name, g.Share), p.Name), machine, e.User); err == nil {
+			previous = v
+		}
 	}
-	return opts.Terminal.Ask(machine, g.Name, p)
+	if opts.Terminal != nil {
+		return opts.Terminal.Ask(machine, g.Name, p, previous)
+	}
+	if previous != nil {
+		e.logf("%s/%s: prompt %q: the stored answer is used again (persist = true)", machine, g.Name, p.Name)
+		return previous, nil
+	}
+	return nil, fmt.Errorf("vars %s/%s: prompt %q needs an answer and there is no terminal: pass --prompt %s/%s=@FILE (or =VALUE) or --prompts-file FILE.json",
+		machine, g.Name, p.Name, g.Name, p.Name)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,11 +36,16 @@ func (r *runner) run(ctx context.Context, label, machine string, g *spec.Generat
 	if err != nil {
 		return nil, fmt.Errorf("vars %s: %w", name, err)
 	}
-	bin, err := r.e.inputs.binDir(filepath.Dir(ws.root), g.RuntimeInputs)
+	// coreutils is always on PATH, as clan's finalScript puts it there.
+	inputs := slices.Clone(g.RuntimeInputs)
+	if !slices.Contains(inputs, "coreutils") {
+		inputs = append(inputs, "coreutils")
+	}
+	bin, err := r.e.inputs.binDir(filepath.Dir(ws.root), inputs)
 	if err != nil {
 		return nil, fmt.Errorf("vars %s: %w", name, err)
 	}
-	if err := os.WriteFile(ws.script, []byte(g.Script), 0o500); err != nil {
+	if err := os.WriteFile(ws.script, []byte(finalScript(g)), 0o500); err != nil {
 		return nil, err
 	}
 	tmp := "/tmp" // bubblewrap mounts a fresh tmpfs there
@@ -71,7 +77,10 @@ func (r *runner) run(ctx context.Context, label, machine string, g *spec.Generat
 			return nil, lerr
 		}
 	}
-	files, collectErr := ws.collect(g, limits)
+	files, ignored, collectErr := ws.collect(g, limits)
+	if len(ignored) > 0 {
+		r.e.logf("%s: ignored %s in $out, which %s not declared (clan ignores undeclared files too)", name, strings.Join(ignored, ", "), words.Verb(len(ignored), "is", "are"))
+	}
 	for _, v := range files {
 		known = append(known, v)
 	}
@@ -186,4 +195,16 @@ func indent(s string) string {
 		lines[i] = "  | " + l
 	}
 	return strings.Join(lines, "\n")
+}
+
+// finalScript is the script as it runs: persisted prompts copied into $out
+// first, then the generator's own script — clan's finalScript.
+func finalScript(g *spec.Generator) string {
+	var b strings.Builder
+	for _, p := range g.SortedPrompts() {
+		if p.Persist {
+			fmt.Fprintf(&b, "cat \"$prompts/%s\" > \"$out/%s\"\n", p.Name, p.Name)
+		}
+	}
+	return b.String() + g.Script
 }

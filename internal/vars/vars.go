@@ -32,6 +32,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
@@ -107,7 +108,10 @@ type FileStatus struct {
 	Deploy    bool   `json:"deploy"`
 	Status    string `json:"status"`
 	Reason    string `json:"reason,omitempty"`
-	Path      string `json:"path"`
+	// Notice is what clan would not call outdated but credvm tells: a
+	// changed definition, a regenerated dependency.
+	Notice string `json:"notice,omitempty"`
+	Path   string `json:"path"`
 }
 
 // GeneratorStatus is one generator's state.
@@ -115,6 +119,7 @@ type GeneratorStatus struct {
 	Name   string       `json:"generator"`
 	Status string       `json:"status"`
 	Reason string       `json:"reason,omitempty"`
+	Notice string       `json:"notice,omitempty"`
 	Files  []FileStatus `json:"files"`
 	meta   *Meta
 }
@@ -192,15 +197,22 @@ func (e *Engine) generatorStatus(m *spec.Machine, g *spec.Generator, deps map[st
 	if gs.Status == StatusMissing && missing == len(g.Files) {
 		return gs, nil
 	}
-	if want := g.ValidationHash(); want != "" {
-		got, err := e.Repo.ReadFile(filepath.Join(dir, ValidationFile))
-		if err != nil || string(trimNL(got)) != want {
-			setGen(StatusOutdated, "validation changed")
-		}
+	// Outdated as clan has it: the validation hash stored differs from the
+	// declared one — or one is stored and none is declared any more.
+	got, err := e.Repo.ReadFile(filepath.Join(dir, ValidationFile))
+	switch want := g.ValidationHash(); {
+	case want != "" && (err != nil || string(trimNL(got)) != want):
+		setGen(StatusOutdated, "validation changed")
+	case want == "" && err == nil:
+		setGen(StatusOutdated, "validation removed (a validation hash is stored, none is declared)")
 	}
+	// What clan does not call outdated is a notice: a changed script, a
+	// regenerated dependency. The vars stay valid — a boot is never refused
+	// for it — and --regenerate applies it.
+	var notices []string
 	if meta != nil {
 		if meta.Definition != g.DefinitionHash() {
-			setGen(StatusOutdated, "generator definition changed")
+			notices = append(notices, "definition changed since generation: --regenerate to apply")
 		}
 		for _, d := range slices.Sorted(slices.Values(g.Dependencies)) {
 			dep := deps[d]
@@ -208,11 +220,15 @@ func (e *Engine) generatorStatus(m *spec.Machine, g *spec.Generator, deps map[st
 				continue
 			}
 			if dep.Status != StatusOK {
-				setGen(StatusOutdated, "dependency "+d+" is "+dep.Status)
+				notices = append(notices, "dependency "+d+" is "+dep.Status)
 			} else if dep.meta != nil && meta.Inputs[d] != dep.meta.Generation {
-				setGen(StatusOutdated, "dependency "+d+" was regenerated")
+				notices = append(notices, "dependency "+d+" was regenerated since: --regenerate to follow it")
 			}
 		}
+	}
+	gs.Notice = strings.Join(notices, "; ")
+	for i := range gs.Files {
+		gs.Files[i].Notice = gs.Notice
 	}
 	if gs.Status != StatusOK {
 		for i := range gs.Files {

@@ -314,8 +314,8 @@ func TestFailuresLeaveVarsIntact(t *testing.T) {
 			GenerateOptions{Regenerate: true}, "the script failed with exit status 3"},
 		{"declared file missing", strings.Replace(twoGens, `printf 'public-a' > "$out/pub"`, `true`, 1),
 			GenerateOptions{Regenerate: true}, "did not write the declared file $out/pub"},
-		{"undeclared file", strings.Replace(twoGens, `printf 'public-a' > "$out/pub"`, `printf 'public-a' > "$out/pub"; echo x > "$out/extra"`, 1),
-			GenerateOptions{Regenerate: true}, `the script wrote "extra", which is not declared`},
+		{"undeclared link", strings.Replace(twoGens, `printf 'public-a' > "$out/pub"`, `printf 'public-a' > "$out/pub"; ln -s /etc/passwd "$out/extra"`, 1),
+			GenerateOptions{Regenerate: true}, `the script wrote "extra", which is not declared and not a regular file`},
 		{"symlink planted in $out", strings.Replace(twoGens, `printf 'public-a' > "$out/pub"`, `ln -s /etc/passwd "$out/pub"`, 1),
 			GenerateOptions{Regenerate: true}, "$out/pub is not a regular file"},
 		{"second generator fails after the first succeeded", strings.Replace(twoGens, `printf 'derived-%s'`, `false; printf 'derived-%s'`, 1),
@@ -468,6 +468,9 @@ func TestOutdated(t *testing.T) {
 		out := map[string]string{}
 		for _, g := range st {
 			out[g.Name] = g.Status + ":" + g.Reason
+			if g.Notice != "" {
+				out[g.Name] += " (" + g.Notice + ")"
+			}
 		}
 		return out
 	}
@@ -481,12 +484,20 @@ func TestOutdated(t *testing.T) {
 		t.Error("regenerating a did not regenerate its dependent b")
 	}
 
-	// A changed script makes the generator outdated; its dependent too.
+	// A changed script is a notice, as clan calls such vars valid; -g
+	// reruns the generator anyway (and its dependent).
 	f.writeMachine("vm1", strings.Replace(twoGens, "public-a", "public-A", 1))
 	st := status()
-	if st["a"] != "outdated:generator definition changed" || !strings.HasPrefix(st["b"], "outdated:dependency a") {
+	if st["a"] != "ok: (definition changed since generation: --regenerate to apply)" || st["b"] != "ok:" {
 		t.Errorf("after a script change: %v", st)
 	}
+	if err := f.generate(GenerateOptions{Generators: []string{"a"}}, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(); st["a"] != "ok:" || st["b"] != "ok:" {
+		t.Errorf("after -g a: %v", st)
+	}
+	f.writeMachine("vm1", twoGens)
 	// Validation: clan's .validation-hash.
 	f.writeMachine("vm1", strings.Replace(twoGens, "[vars.generators.a.files.key]", "validation = { version = 1 }\n[vars.generators.a.files.key]", 1))
 	if err := f.generate(GenerateOptions{}, "vm1"); err != nil {
@@ -505,6 +516,11 @@ func TestOutdated(t *testing.T) {
 	f.writeMachine("vm1", strings.Replace(twoGens, "[vars.generators.a.files.key]", "validation = { version = 2 }\n[vars.generators.a.files.key]", 1))
 	if st := status(); st["a"] != "outdated:validation changed" {
 		t.Errorf("changed validation: %v", st)
+	}
+	// A stored hash with no validation declared any more is outdated too.
+	f.writeMachine("vm1", twoGens)
+	if st := status(); st["a"] != "outdated:validation removed (a validation hash is stored, none is declared)" {
+		t.Errorf("validation removed: %v", st)
 	}
 	// A missing file.
 	os.RemoveAll(filepath.Join(f.dir, "vars/per-machine/vm1/b/derived"))
@@ -656,8 +672,8 @@ func TestSet(t *testing.T) {
 	}
 	st, _ := f.e.Status(f.machine("vm1"))
 	for _, g := range st {
-		if g.Name == "b" && g.Status != StatusOutdated {
-			t.Errorf("dependent b is %s after setting a/key, want outdated", g.Status)
+		if g.Name == "b" && (g.Status != StatusOK || !strings.Contains(g.Notice, "dependency a was regenerated since")) {
+			t.Errorf("dependent b is %s (%s) after setting a/key, want ok with a notice (clan's rule)", g.Status, g.Notice)
 		}
 	}
 	noLeftovers(t, f.dir)

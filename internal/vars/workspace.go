@@ -109,7 +109,7 @@ const (
 func (p outputProblem) message(gen string) string {
 	switch p.kind {
 	case undeclared:
-		return fmt.Sprintf("the script wrote %q, which is not declared (declare it under [vars.generators.%s.files] or stop writing it)", p.file, gen)
+		return fmt.Sprintf("the script wrote %q, which is not declared and not a regular file (a link or special file is never stored; stop writing it)", p.file)
 	case notRegular:
 		return fmt.Sprintf("$out/%s is not a regular file (%s); write the content itself, not a link or directory", p.file, p.typ)
 	}
@@ -118,20 +118,25 @@ func (p outputProblem) message(gen string) string {
 
 // collect reads the script's outputs and checks them against the
 // declaration: every declared file present and a regular file (a symlink
-// could point anywhere on the host), nothing undeclared.
-func (ws *workspace) collect(g *spec.Generator, l spec.GeneratorLimits) (map[string][]byte, error) {
+// could point anywhere on the host). An undeclared regular file is
+// ignored, as clan ignores it, and named in ignored; an undeclared link or
+// special file is still refused.
+func (ws *workspace) collect(g *spec.Generator, l spec.GeneratorLimits) (files map[string][]byte, ignored []string, err error) {
 	entries, err := os.ReadDir(ws.out)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := checkOutputSize(g, entries, l); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	files := map[string][]byte{}
+	files = map[string][]byte{}
 	var problems []outputProblem
 	for _, ent := range entries {
 		name := ent.Name()
 		switch {
+		case g.Files[name] == nil && ent.Type().IsRegular():
+			ignored = append(ignored, name)
+			continue
 		case g.Files[name] == nil:
 			problems = append(problems, outputProblem{file: name, kind: undeclared})
 			continue
@@ -141,7 +146,7 @@ func (ws *workspace) collect(g *spec.Generator, l spec.GeneratorLimits) (map[str
 		}
 		b, err := os.ReadFile(filepath.Join(ws.out, name))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		files[name] = b
 	}
@@ -153,13 +158,13 @@ func (ws *workspace) collect(g *spec.Generator, l spec.GeneratorLimits) (map[str
 		}
 	}
 	if len(problems) == 0 {
-		return files, nil
+		return files, ignored, nil
 	}
 	msgs := make([]string, len(problems))
 	for i, p := range problems {
 		msgs[i] = p.message(g.Name)
 	}
-	return files, errors.New(strings.Join(msgs, "; "))
+	return files, ignored, errors.New(strings.Join(msgs, "; "))
 }
 
 // cleanStaleWorkspaces removes workspaces of credvm processes that no

@@ -114,6 +114,9 @@ type CredentialRow struct {
 	// SHA256 is given for public values only: a secret's digest would let
 	// anyone test guesses.
 	SHA256 string `json:"sha256,omitempty"`
+	// RestartUnits are the guest units clan restarts when the var changes
+	// (its file's restart_units).
+	RestartUnits []string `json:"restart_units"`
 }
 
 // CredentialsReport is what `credvm creds show` prints: the plan and a
@@ -127,6 +130,19 @@ type CredentialsReport struct {
 	Note    string `json:"note,omitempty"`
 	*cred.Plan
 	Credentials []CredentialRow `json:"credentials"`
+}
+
+// restartUnits are the restart_units of the var behind credential name.
+func restartUnits(m *spec.Machine, name string) []string {
+	c := m.Credentials[name]
+	if c == nil || c.Var == "" {
+		return []string{}
+	}
+	gen, file, _ := spec.SplitVar(c.Var)
+	if g := m.Vars.Generators[gen]; g != nil && g.Files[file] != nil && len(g.Files[file].RestartUnits) > 0 {
+		return g.Files[file].RestartUnits
+	}
+	return []string{}
 }
 
 // WriteTable writes the report as `credvm creds show` prints it, each line
@@ -143,6 +159,11 @@ func (rep *CredentialsReport) WriteTable(w io.Writer, indent string) {
 		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%d\t%s\t%s\n", indent, r.Name, r.Source, kind, r.Size, r.Encoding, digest)
 	}
 	tw.Flush()
+	for _, r := range rep.Credentials {
+		if len(r.RestartUnits) > 0 {
+			fmt.Fprintf(w, "%s%s changes restart %s (restart_units)\n", indent, r.Name, strings.Join(r.RestartUnits, ", "))
+		}
+	}
 	fmt.Fprintf(w, "%stransport: %s: %s\n", indent, rep.Transport, rep.Why)
 	if rep.Note != "" {
 		fmt.Fprintf(w, "%snote: %s\n", indent, rep.Note)
@@ -190,7 +211,7 @@ func ShowCredentials(e *vars.Engine, m *spec.Machine, s StateDir, machineKeyFile
 	defer wipe(plan.Credentials)
 	rep := &CredentialsReport{Name: m.Name, Created: created, Note: note, Plan: plan}
 	for _, c := range plan.Credentials {
-		row := CredentialRow{Name: c.Name, Source: c.Source, Secret: c.Secret, Size: len(c.Value), Encoding: "text"}
+		row := CredentialRow{Name: c.Name, Source: c.Source, Secret: c.Secret, Size: len(c.Value), Encoding: "text", RestartUnits: restartUnits(m, c.Name)}
 		if c.IsBinary() {
 			row.Encoding = "base64"
 		}
