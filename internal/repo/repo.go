@@ -183,6 +183,16 @@ func (r *Repo) Machine(name string) (*spec.Machine, error) {
 // loadMachine reads machines/<name>/machine.toml or .json (one of them)
 // through the root, and parses it.
 func (r *Repo) loadMachine(name, dir string) (*spec.Machine, error) {
+	return r.readMachine(name, dir, r.SharedGenerator(name))
+}
+
+// loadMachineAlone reads a machine file without resolving dependencies on
+// other machines' shared generators.
+func (r *Repo) loadMachineAlone(name string) (*spec.Machine, error) {
+	return r.readMachine(name, r.Path("machines", name), nil)
+}
+
+func (r *Repo) readMachine(name, dir string, shared spec.SharedResolver) (*spec.Machine, error) {
 	var path string
 	var data []byte
 	for _, f := range spec.MachineFiles {
@@ -200,7 +210,35 @@ func (r *Repo) loadMachine(name, dir string) (*spec.Machine, error) {
 	if path == "" {
 		return nil, fmt.Errorf("machine %s: no machine.toml or machine.json in %s", name, dir)
 	}
-	return spec.ParseMachine(path, name, data)
+	return spec.ParseMachineWith(path, name, data, shared)
+}
+
+// SharedGenerator resolves dependencies of machine self on shared
+// generators declared by the repository's other machines (each machine
+// file is read once, its own dependencies not resolved).
+func (r *Repo) SharedGenerator(self string) spec.SharedResolver {
+	var byName map[string]*spec.Generator
+	return func(gen string) *spec.Generator {
+		if byName == nil {
+			byName = map[string]*spec.Generator{}
+			names, _ := r.MachineNames()
+			for _, n := range names {
+				if n == self {
+					continue
+				}
+				m, err := r.loadMachineAlone(n)
+				if err != nil {
+					continue
+				}
+				for _, g := range m.Vars.Generators {
+					if g.Share && byName[g.Name] == nil {
+						byName[g.Name] = g
+					}
+				}
+			}
+		}
+		return byName[gen]
+	}
 }
 
 // Select resolves machine names and tags into a sorted list of machines.

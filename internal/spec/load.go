@@ -418,16 +418,52 @@ func LoadMachine(dir string) (*Machine, error) {
 // the file in messages and selects the format (".json" or TOML); relative
 // paths inside are resolved against its directory.
 func ParseMachine(path, name string, data []byte) (*Machine, error) {
+	return ParseMachineWith(path, name, data, nil)
+}
+
+// SharedResolver finds a shared generator another machine of the
+// repository declares, for a dependency a machine does not declare itself;
+// nil when none does.
+type SharedResolver func(name string) *Generator
+
+// ParseMachineWith is ParseMachine with a resolver for dependencies on
+// shared generators declared by other machines (as clan allows): such a
+// generator joins the machine as Imported — a dependency, run and read
+// where it is stored, never deployed to this machine.
+func ParseMachineWith(path, name string, data []byte, shared SharedResolver) (*Machine, error) {
 	m := &Machine{}
 	doc, err := decodeFile(path, data, m)
 	if err != nil {
 		return nil, err
 	}
 	m.Name, m.File = name, path
+	if shared != nil {
+		m.importShared(shared)
+	}
 	if ps := m.validate(doc, filepath.Dir(path)); len(ps) > 0 {
 		return nil, ps
 	}
 	return m, nil
+}
+
+// importShared adds the shared generators the machine's generators depend
+// on but do not declare, when the resolver knows them.
+func (m *Machine) importShared(shared SharedResolver) {
+	for _, g := range m.Vars.Generators {
+		if g == nil {
+			continue
+		}
+		for _, d := range g.Dependencies {
+			if m.Vars.Generators[d] != nil {
+				continue
+			}
+			if sg := shared(d); sg != nil && sg.Share {
+				c := *sg
+				c.Imported = true
+				m.Vars.Generators[d] = &c
+			}
+		}
+	}
 }
 
 func sortedValues[V any](m map[string]V) []V {

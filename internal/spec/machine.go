@@ -46,6 +46,9 @@ type Generator struct {
 	Files         map[string]*File   `toml:"files" json:"files"`
 	Prompts       map[string]*Prompt `toml:"prompts" json:"prompts"`
 	Share         bool               `toml:"share" json:"share"`
+	// Imported: a shared generator another machine declares, joined as a
+	// dependency of this one's (ParseMachineWith); never deployed here.
+	Imported bool `toml:"-" json:"-"`
 	// Validation is any value; when it changes, the generator is outdated.
 	// Its hash is stored as clan stores it (.validation-hash), so clan and
 	// credvm agree on what is outdated.

@@ -118,7 +118,7 @@ func TestProblems(t *testing.T) {
 		{"bad mode", "m", "machine.toml", gen + "mode = '777'\n",
 			[]string{`machine.toml:4: vars.generators.g.files.f.mode: invalid mode "777"`}},
 		{"unknown dependency", "m", "machine.toml", gen + "[vars.generators.h]\nscript = 'x'\ndependencies = ['nope']\nfiles.f = {}\n",
-			[]string{`machine.toml:6: vars.generators.h.dependencies[0]: unknown generator "nope" (declared generators: g, h)`}},
+			[]string{`machine.toml:6: vars.generators.h.dependencies[0]: unknown generator "nope" (declared generators: g, h; no machine of the repository shares one of that name)`}},
 		{"cycle", "m", "machine.toml", "[vars.generators.a]\nscript='x'\ndependencies=['b']\nfiles.f={}\n[vars.generators.b]\nscript='x'\ndependencies=['c']\nfiles.f={}\n[vars.generators.c]\nscript='x'\ndependencies=['a']\nfiles.f={}\n",
 			[]string{"machine.toml:3: vars.generators.a.dependencies: dependency cycle: a → b → c → a"}},
 		{"credential name with =", "m", "machine.toml", gen + "[credentials]\n'A=B' = { value = 'x' }\n",

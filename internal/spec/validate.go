@@ -64,6 +64,9 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 	m.VM.validate(add, dir)
 
 	for name, g := range m.Vars.Generators {
+		if g != nil && g.Imported {
+			continue // validated with the machine that declares it
+		}
 		key := "vars.generators." + name
 		if g == nil {
 			m.Vars.Generators[name] = &Generator{}
@@ -140,7 +143,7 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 			case d == name:
 				add(dkey, "generator %q depends on itself", name)
 			case m.Vars.Generators[d] == nil:
-				add(dkey, "unknown generator %q (declared generators: %s)", d, strings.Join(slices.Sorted(maps.Keys(m.Vars.Generators)), ", "))
+				add(dkey, "unknown generator %q (declared generators: %s; no machine of the repository shares one of that name)", d, strings.Join(slices.Sorted(maps.Keys(m.Vars.Generators)), ", "))
 			}
 		}
 		for i, in := range g.RuntimeInputs {
@@ -192,6 +195,10 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 			g := m.Vars.Generators[gen]
 			if g == nil {
 				add(key+".var", "no generator %q in this machine", gen)
+				break
+			}
+			if g.Imported {
+				add(key+".var", "%q is a shared generator of another machine, a dependency here, not deployed to this machine: declare it in this machine file too (share = true) to pass it", gen)
 				break
 			}
 			f := g.Files[file]

@@ -72,8 +72,18 @@ func (e *Engine) generateLocked(ctx context.Context, machines []*spec.Machine, o
 	if err != nil {
 		return nil, err
 	}
+	moved, err := e.moveToggled(machines, opts.NoCommit)
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range moved {
+		e.logf("%s", line)
+	}
 	p, err := e.planRun(machines, opts)
 	if err != nil {
+		return nil, err
+	}
+	if err := e.planDependents(p, machines); err != nil {
 		return nil, err
 	}
 	if err := e.refuseDrift(machines); err != nil {

@@ -64,6 +64,60 @@ func (e *Engine) planRun(machines []*spec.Machine, opts GenerateOptions) (*runPl
 	return p, nil
 }
 
+// planDependents adds to p, for every other machine of the repository,
+// the generators that depend (directly or not) on a shared generator p
+// runs: as clan has it, regenerating a shared generator regenerates its
+// dependents wherever they are declared. A dependent that is shared joins
+// the shared run; a machine whose file cannot be read is named and left.
+func (e *Engine) planDependents(p *runPlan, machines []*spec.Machine) error {
+	if len(p.shared) == 0 {
+		return nil
+	}
+	inRun := map[string]bool{}
+	for _, m := range machines {
+		inRun[m.Name] = true
+	}
+	names, err := e.Repo.MachineNames()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if inRun[n] {
+			continue
+		}
+		m, err := e.Repo.Machine(n)
+		if err != nil {
+			e.logf("machine %s: its dependents of regenerated shared vars are not regenerated: %v", n, err)
+			continue
+		}
+		run := map[string]bool{}
+		for _, g := range p.shared {
+			run[g.Name] = true
+		}
+		var own []*spec.Generator
+		for _, g := range m.GeneratorOrder() {
+			if run[g.Name] {
+				continue
+			}
+			for _, d := range g.Dependencies {
+				run[g.Name] = run[g.Name] || run[d]
+			}
+			switch {
+			case !run[g.Name]:
+			case g.Share:
+				p.shared, p.sharedOwner[g.Name] = append(p.shared, g), n
+				p.allShared.Vars.Generators[g.Name] = g
+			default:
+				own = append(own, g)
+			}
+		}
+		if len(own) > 0 {
+			p.machines = append(p.machines, machinePlan{m, own})
+		}
+	}
+	return nil
+}
+
 // plan lists the generators of m to run, in dependency order: the chosen
 // ones that need it (or all chosen, with Regenerate) and, transitively,
 // every generator that depends on one of them.

@@ -101,7 +101,7 @@ func (e *Engine) sharedMachines() (map[string][]string, error) {
 			return nil, err
 		}
 		for _, g := range m.Vars.Generators {
-			if g.Share {
+			if g.Share && !g.Imported { // a dependency only: not deployed to n
 				out[g.Name] = append(out[g.Name], n)
 			}
 		}

@@ -188,6 +188,11 @@ func (e *Engine) generatorStatus(m *spec.Machine, g *spec.Generator, deps map[st
 	}
 	if missing > 0 {
 		setGen(StatusMissing, fmt.Sprintf("%d of %d files missing", missing, len(g.Files)))
+		if missing == len(g.Files) && !g.Imported {
+			if other := e.Repo.GeneratorDir(m.Name, g.Name, !g.Share); (g.Share && e.Repo.Exists(other)) || (!g.Share && e.deployedTo(other, m.Name)) {
+				gs.Reason += fmt.Sprintf("; its values are in %s (share changed): `credvm vars generate %s` moves them", e.Repo.Rel(other), m.Name)
+			}
+		}
 	}
 	for _, fs := range gs.Files {
 		if fs.Status == StatusOutdated {
