@@ -161,6 +161,10 @@ type RestoreResult struct {
 	Changes []string `json:"changes"`
 	// NewUsers are the users the backup added.
 	NewUsers []string `json:"new_users"`
+	// Unreadable are the restored secrets the operator's keys are not a
+	// recipient of: restored as they were, nothing decrypts them for
+	// whoever restored them until someone who can runs `vars fix`.
+	Unreadable []string `json:"unreadable"`
 }
 
 // RestoreFile reads and checks the backup at path, then restores it under
@@ -238,7 +242,7 @@ func restore(man *Manifest, files map[string][]byte, o RestoreOptions) (*Restore
 		if err != nil {
 			return res, fmt.Errorf("the backup's user %s: %w; nothing was restored", u, err)
 		}
-		note := "a new recipient of every secret generated from now on"
+		note := "registered: it reads what the backup's links and groups grant it, and whatever they grant it from now on"
 		if !slices.ContainsFunc(keys, func(k sops.Recipient) bool {
 			return !slices.ContainsFunc(o.Self, func(s string) bool { return repo.SameKey(s, k.Key) })
 		}) {
@@ -260,7 +264,16 @@ func restore(man *Manifest, files map[string][]byte, o RestoreOptions) (*Restore
 	if err := writeTrees(r, man, files, o.Force); err != nil {
 		return res, err
 	}
+	current := slices.DeleteFunc(res.paths(r, man), func(p string) bool { return strings.HasPrefix(r.Rel(p), repo.HistoryDir) })
+	res.Unreadable = nonNil(r.NotReadableBy(current, o.Self))
 	return res, restoreRegistrations(r, man, files, o.StateRoot)
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // newUsers lists the backup's users this repository does not have.

@@ -15,6 +15,7 @@ import (
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
+	"github.com/credvm/credvm/internal/words"
 )
 
 func newCloneCmd(g *globals) *cobra.Command {
@@ -126,6 +127,10 @@ add users — new recipients of every later secret — is refused unless
 				for _, c := range res.Changes {
 					fmt.Fprintf(g.stdout, "  %s\n", c)
 				}
+				if n := len(res.Unreadable); n > 0 {
+					fmt.Fprintf(g.stderr, "warning: your key is not a recipient of %s restored (%s): restored as they were, you cannot read %s; someone who can must grant you access (credvm vars group add admins --user YOU) and run `credvm vars fix`\n",
+						words.Plural(n, "secret", "secrets"), shortList(res.Unreadable, 3), words.Verb(n, "it", "them"))
+				}
 				return nil
 			})
 		},
@@ -133,4 +138,12 @@ add users — new recipients of every later secret — is refused unless
 	cmd.Flags().BoolVar(&o.Force, "force", false, "replace machines that exist here")
 	cmd.Flags().BoolVar(&o.AcceptRecipients, "accept-recipients", false, "let the backup add users to this repository (they become recipients of every later secret)")
 	return cmd
+}
+
+// shortList joins the first n items, saying how many more there are.
+func shortList(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return strings.Join(items[:n], ", ") + fmt.Sprintf(" and %d more", len(items)-n)
 }

@@ -180,6 +180,16 @@ func (g *globals) newVMCmd(use, short string, run func(s vm.StateDir) error) *co
 // tagged (MACHINE... [--tag T]); with neither, every machine, unless
 // needNames.
 func (g *globals) newMachinesCmd(use, short string, needNames bool, run func(e *vars.Engine, ms []*spec.Machine) error) *cobra.Command {
+	return g.machinesCmd(use, short, needNames, machines, run)
+}
+
+// newVarsMachinesCmd is newMachinesCmd for the commands that also work on
+// machines without a machine file, from the repository's layout alone.
+func (g *globals) newVarsMachinesCmd(use, short string, run func(e *vars.Engine, ms []*spec.Machine) error) *cobra.Command {
+	return g.machinesCmd(use, short, false, (*repo.Repo).VarsMachines, run)
+}
+
+func (g *globals) machinesCmd(use, short string, needNames bool, load func(r *repo.Repo, names, tags []string) ([]*spec.Machine, error), run func(e *vars.Engine, ms []*spec.Machine) error) *cobra.Command {
 	var tags []string
 	cmd := &cobra.Command{
 		Use: use, Short: short,
@@ -193,9 +203,12 @@ func (g *globals) newMachinesCmd(use, short string, needNames bool, run func(e *
 			if err != nil {
 				return err
 			}
-			ms, err := machines(e.Repo, args, tags)
+			ms, err := load(e.Repo, args, tags)
 			if err != nil {
 				return err
+			}
+			if len(ms) == 0 {
+				return errors.New("no machines in this repository yet: create machines/<name>/machine.toml")
 			}
 			return run(e, ms)
 		},

@@ -215,7 +215,7 @@ Anyone holding this key reads every secret of the machine.`
 func newVarsFixCmd(g *globals) *cobra.Command {
 	var o vars.FixOptions
 	var asJSON bool
-	cmd := g.newMachinesCmd("fix [MACHINE...]", "Re-encrypt secrets to exactly whom their links and groups grant (clan's vars fix), showing who gains access first", false,
+	cmd := g.newVarsMachinesCmd("fix [MACHINE...]", "Re-encrypt secrets to exactly whom their links and groups grant (clan's vars fix), showing who gains access first",
 		func(e *vars.Engine, ms []*spec.Machine) error {
 			var res *vars.FixResult
 			err := g.confirmed(func(accepted []*repo.ConfirmationError) error {

@@ -17,7 +17,7 @@ import (
 
 func newVarsListCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := g.newMachinesCmd("list [MACHINE...]", "List machines' vars: generator, file, secret or public, and status (never a value)", false,
+	cmd := g.newVarsMachinesCmd("list [MACHINE...]", "List machines' vars: generator, file, secret or public, and status (never a value)",
 		func(e *vars.Engine, ms []*spec.Machine) error {
 			files := []vars.FileStatus{}
 			for _, m := range ms {
@@ -77,7 +77,7 @@ func fileStatus(f vars.FileStatus) string {
 
 func newVarsCheckCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := g.newMachinesCmd("check [MACHINE...]", "Exit non-zero if any var is missing or outdated, saying which and how to fix it", false,
+	cmd := g.newVarsMachinesCmd("check [MACHINE...]", "Exit non-zero if any var is missing or outdated, saying which and how to fix it",
 		func(e *vars.Engine, ms []*spec.Machine) error {
 			problems, err := e.Check(ms)
 			if err != nil {
@@ -89,8 +89,12 @@ func newVarsCheckCmd(g *globals) *cobra.Command {
 				}
 			} else {
 				for _, p := range problems {
-					if p.Machine == "" {
+					switch {
+					case p.Machine == "":
 						fmt.Fprintf(g.stdout, "%s: %s\n", p.Status, p.Reason)
+						continue
+					case p.Generator == "":
+						fmt.Fprintf(g.stdout, "%s: %s (%s)\n", p.Machine, p.Status, p.Reason)
 						continue
 					}
 					fmt.Fprintf(g.stdout, "%s/%s: %s (%s)\n", p.Machine, p.Generator, p.Status, p.Reason)
@@ -100,7 +104,7 @@ func newVarsCheckCmd(g *globals) *cobra.Command {
 				return &exitError{1, checkSummary(failing)}
 			}
 			if !asJSON {
-				fmt.Fprintf(g.stdout, "all vars of %s are up to date\n", words.Plural(len(ms), "machine", "machines"))
+				fmt.Fprintln(g.stdout, checkOK(ms))
 			}
 			return nil
 		})
@@ -111,7 +115,20 @@ each missing or outdated generator with the command that fixes it.`
 	return cmd
 }
 
-// machinesOf lists the problems' machines, each once, in order.
+// checkOK is check's last line when nothing fails.
+func checkOK(ms []*spec.Machine) string {
+	var layout []string
+	for _, m := range ms {
+		if m.FromLayout {
+			layout = append(layout, m.Name)
+		}
+	}
+	if len(layout) == 0 {
+		return fmt.Sprintf("all vars of %s are up to date", words.Plural(len(ms), "machine", "machines"))
+	}
+	return fmt.Sprintf("all vars of %s are stored and encrypted to whom their links grant (not checked for being outdated, without a machine file: %s)", words.Plural(len(ms), "machine", "machines"), strings.Join(layout, ", "))
+}
+
 // checkSummary is check's error: how many generators need generating and
 // how many secrets need fixing, with the commands that do it.
 func checkSummary(problems []vars.CheckProblem) string {
@@ -165,8 +182,12 @@ decrypt. Works on clan repositories too, with or without a machine file.`
 
 func newVarsSetCmd(g *globals) *cobra.Command {
 	var opts vars.SetOptions
-	cmd := g.newMachineCmd("set MACHINE GENERATOR/FILE", "Store a var's value read from standard input (the other files of the generator are kept)", 2,
-		func(e *vars.Engine, m *spec.Machine, args []string) error {
+	cmd := g.newEngineCmd("set MACHINE GENERATOR/FILE", "Store a var's value read from standard input (the other files of the generator are kept)", 2,
+		func(e *vars.Engine, args []string) error {
+			m, err := e.Repo.VarsMachine(args[0])
+			if err != nil {
+				return err
+			}
 			gen, file, err := spec.SplitVar(args[1])
 			if err != nil {
 				return err

@@ -3,6 +3,7 @@ package repo
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -273,4 +274,29 @@ func (r *Repo) SecretRecipients(dir string) ([]sops.Recipient, error) {
 		return nil, err
 	}
 	return sops.Recipients(b)
+}
+
+// NotReadableBy lists, relative to the root, the secrets under dirs that
+// none of keys (public keys, as sops.Identities.Recipients holds them) is
+// a recipient of: what an operator wrote into the repository — a restored
+// backup — without being able to read it back.
+func (r *Repo) NotReadableBy(dirs []string, keys []string) []string {
+	var out []string
+	for _, top := range dirs {
+		r.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || d.Name() != "secret" {
+				return nil
+			}
+			rs, err := r.SecretRecipients(filepath.Dir(p))
+			if err == nil && slices.ContainsFunc(rs, func(k sops.Recipient) bool {
+				return slices.ContainsFunc(keys, func(s string) bool { return SameKey(s, k.Key) })
+			}) {
+				return nil
+			}
+			out = append(out, r.Rel(filepath.Dir(p)))
+			return nil
+		})
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }

@@ -158,6 +158,9 @@ func (r *Repo) Machine(name string) (*spec.Machine, error) {
 		return nil, err
 	}
 	dir := r.Path("machines", name)
+	if !r.IsDir(dir) && r.inLayout(name) {
+		return nil, fmt.Errorf("machine %s has no machine file, only vars and keys (a clan machine declared in Nix?): this needs its definitions: write %s (vars list, get, set, check and fix work without one)", name, r.Rel(filepath.Join(dir, "machine.toml")))
+	}
 	if !r.IsDir(dir) {
 		known, _ := r.MachineNames()
 		hint := "none yet"

@@ -24,6 +24,11 @@ type Machine struct {
 	Name string `toml:"-" json:"-"`
 	// File is the path the machine was loaded from.
 	File string `toml:"-" json:"-"`
+	// FromLayout: no machine file declares it; its generators and files are
+	// what the repository's layout holds (repo.LayoutMachine), without
+	// scripts or validation — enough to list, read, set and check
+	// recipients, not to generate or tell what is outdated.
+	FromLayout bool `toml:"-" json:"-"`
 
 	VM          VM                     `toml:"vm" json:"vm"`
 	Vars        Vars                   `toml:"vars" json:"vars"`

@@ -41,6 +41,9 @@ func (e *Engine) Check(machines []*spec.Machine) ([]CheckProblem, error) {
 		problems = append(problems, CheckProblem{machine, gen, StatusUnfixed, "its recipients differ from what its links and groups grant: " + d.Change, "credvm vars fix " + machine})
 	}
 	for _, m := range machines {
+		if m.FromLayout {
+			problems = append(problems, CheckProblem{m.Name, "", StatusNotice, "no machine file: checked that its vars are stored and encrypted to whom their links grant; whether they are outdated needs its generators' definitions", "write machines/" + m.Name + "/machine.toml (or machine.json)"})
+		}
 		st, err := e.Status(m)
 		if err != nil {
 			return nil, err

@@ -82,7 +82,10 @@ func (e *Engine) secretsOf(machines []*spec.Machine) ([]secretRef, error) {
 					continue
 				}
 				ref := secretRef{Label: label + "/" + f.Name, Target: target, File: f.Name, Machine: m.Name, Machines: []string{}}
-				if f.IsDeployed() {
+				switch {
+				case m.FromLayout:
+					ref.Machines = nil // no definition: its machine links say
+				case f.IsDeployed():
 					ref.Machines = to
 				}
 				out = append(out, ref)

@@ -188,7 +188,7 @@ func (e *Engine) generatorStatus(m *spec.Machine, g *spec.Generator, deps map[st
 	}
 	if missing > 0 {
 		setGen(StatusMissing, fmt.Sprintf("%d of %d files missing", missing, len(g.Files)))
-		if missing == len(g.Files) && !g.Imported {
+		if missing == len(g.Files) && !g.Imported && !m.FromLayout {
 			if other := e.Repo.GeneratorDir(m.Name, g.Name, !g.Share); (g.Share && e.Repo.Exists(other)) || (!g.Share && e.deployedTo(other, m.Name)) {
 				gs.Reason += fmt.Sprintf("; its values are in %s (share changed): `credvm vars generate %s` moves them", e.Repo.Rel(other), m.Name)
 			}
@@ -199,7 +199,9 @@ func (e *Engine) generatorStatus(m *spec.Machine, g *spec.Generator, deps map[st
 			setGen(StatusOutdated, fs.File+": "+fs.Reason)
 		}
 	}
-	if gs.Status == StatusMissing && missing == len(g.Files) {
+	if (gs.Status == StatusMissing && missing == len(g.Files)) || m.FromLayout {
+		// Without a definition (a machine from the layout alone) only
+		// presence can be told.
 		return gs, nil
 	}
 	// Outdated as clan has it: the validation hash stored differs from the
