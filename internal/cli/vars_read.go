@@ -77,7 +77,7 @@ func fileStatus(f vars.FileStatus) string {
 
 func newVarsCheckCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := g.newVarsMachinesCmd("check [MACHINE...]", "Exit non-zero if any var is missing or outdated, saying which and how to fix it",
+	cmd := g.newVarsMachinesCmd("check [MACHINE...]", "Exit non-zero if any var is missing or outdated or its recipients drifted, saying which and how to fix it",
 		func(e *vars.Engine, ms []*spec.Machine) error {
 			problems, err := e.Check(ms)
 			if err != nil {
@@ -109,8 +109,13 @@ func newVarsCheckCmd(g *globals) *cobra.Command {
 			return nil
 		})
 	cmd.Long = `Check that every generator of the machines (all when none is named) has
-its vars stored and current. Exits 0 when all are, 1 otherwise, listing
-each missing or outdated generator with the command that fixes it.`
+its vars stored and current (clan's rule: present, validation unchanged),
+that every secret is encrypted to exactly what its links and groups grant,
+and that no registered user is left with nothing granting them access.
+Exits 0 when all is well, 1 otherwise, listing each problem with the
+command that fixes it (vars generate, vars fix). Notices — a definition
+changed since generation, a machine without a machine file whose vars can
+only be checked for presence and recipients — never fail.`
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the problems as JSON")
 	return cmd
 }
