@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/credvm/credvm/internal/guest"
+	"github.com/vishvananda/netlink"
 )
 
 func main() { os.Exit(run()) }
@@ -38,17 +39,7 @@ func run() int {
 			fmt.Fprintf(out, "%serror: mount %s: %v\n", guest.ReportPrefix, m.dir, err)
 		}
 	}
-	mods, _ := filepath.Glob("/lib/modules/*.ko")
-	for _, mod := range mods {
-		f, err := os.Open(mod)
-		if err != nil {
-			continue
-		}
-		if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && err != unix.EEXIST {
-			fmt.Fprintf(out, "%serror: load %s: %v\n", guest.ReportPrefix, filepath.Base(mod), err)
-		}
-		f.Close()
-	}
+	loadModules(out)
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	r := &guest.Reader{Root: "/", SMBIOSSingleRead: !strings.Contains(string(cmdline), "credvm.smbios=whole")}
 	start := time.Now()
@@ -59,6 +50,17 @@ func run() int {
 	}
 	fmt.Fprintf(out, "%sread %d credentials in %s\n", guest.ReportPrefix, len(creds), time.Since(start).Round(time.Microsecond))
 	reportDevices(out)
+	for _, arg := range strings.Fields(string(cmdline)) {
+		k, v, _ := strings.Cut(arg, "=")
+		switch k {
+		case "credvm.mount":
+			useShare(out, v)
+		case "credvm.volume":
+			useVolume(out, v)
+		case "credvm.ip":
+			configureNet(out, v)
+		}
+	}
 	ok := guest.Report(out, creds, true) // a test guest: the tests compare digests
 	fmt.Fprintf(out, "%sdone\n", guest.ReportPrefix)
 	if strings.Contains(string(cmdline), "credvm.idle") {
@@ -72,6 +74,120 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// loadModules loads every module in /lib/modules, again and again until
+// no more loads: the ones that failed wanted one loaded later.
+func loadModules(out *os.File) {
+	mods, _ := filepath.Glob("/lib/modules/*.ko")
+	var last map[string]error
+	for len(mods) > 0 {
+		failed := map[string]error{}
+		var again []string
+		for _, mod := range mods {
+			f, err := os.Open(mod)
+			if err != nil {
+				continue
+			}
+			if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && err != unix.EEXIST {
+				failed[mod] = err
+				again = append(again, mod)
+			}
+			f.Close()
+		}
+		if len(again) == len(mods) {
+			last = failed
+			break
+		}
+		mods = again
+	}
+	for mod, err := range last {
+		fmt.Fprintf(out, "%serror: load %s: %v\n", guest.ReportPrefix, filepath.Base(mod), err)
+	}
+}
+
+// useShare mounts the virtiofs share tag, reports its file "hello", and
+// tries to write to it.
+func useShare(out *os.File, tag string) {
+	dir := "/mnt/" + tag
+	os.MkdirAll(dir, 0o755)
+	if err := unix.Mount(tag, dir, "virtiofs", 0, ""); err != nil {
+		fmt.Fprintf(out, "%sshare %s mount: %v\n", guest.ReportPrefix, tag, err)
+		return
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "hello"))
+	fmt.Fprintf(out, "%sshare %s read %q %v\n", guest.ReportPrefix, tag, strings.TrimSpace(string(b)), err)
+	if err := os.WriteFile(filepath.Join(dir, "from-guest"), []byte("written by the guest\n"), 0o644); err != nil {
+		fmt.Fprintf(out, "%sshare %s write refused: %v\n", guest.ReportPrefix, tag, err)
+	} else {
+		fmt.Fprintf(out, "%sshare %s write ok\n", guest.ReportPrefix, tag)
+	}
+	unix.Unmount(dir, 0)
+}
+
+// useVolume finds the ext4 volume labelled label, mounts it, reports and
+// increments the counter it keeps.
+func useVolume(out *os.File, label string) {
+	devs, _ := filepath.Glob("/dev/vd*")
+	for _, dev := range devs {
+		f, err := os.Open(dev)
+		if err != nil {
+			continue
+		}
+		sb := make([]byte, 136)
+		_, err = f.ReadAt(sb, 1024) // the ext superblock; its volume name at 120
+		f.Close()
+		if err != nil || sb[56] != 0x53 || sb[57] != 0xef || strings.TrimRight(string(sb[120:136]), "\x00") != label {
+			continue
+		}
+		dir := "/mnt/" + label
+		os.MkdirAll(dir, 0o755)
+		if err := unix.Mount(dev, dir, "ext4", 0, ""); err != nil {
+			fmt.Fprintf(out, "%svolume %s mount %s: %v\n", guest.ReportPrefix, label, dev, err)
+			return
+		}
+		n := 0
+		if b, err := os.ReadFile(filepath.Join(dir, "count")); err == nil {
+			fmt.Sscan(string(b), &n)
+		}
+		n++
+		os.WriteFile(filepath.Join(dir, "count"), []byte(fmt.Sprintln(n)), 0o644)
+		unix.Sync()
+		unix.Unmount(dir, 0)
+		fmt.Fprintf(out, "%svolume %s count %d\n", guest.ReportPrefix, label, n)
+		return
+	}
+	fmt.Fprintf(out, "%svolume %s not found among %v\n", guest.ReportPrefix, label, devs)
+}
+
+// configureNet gives the first ethernet interface the address cidr and
+// brings it up (the kernel then answers pings).
+func configureNet(out *os.File, cidr string) {
+	addr, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		fmt.Fprintf(out, "%snet %s: %v\n", guest.ReportPrefix, cidr, err)
+		return
+	}
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		if l.Type() != "device" || l.Attrs().Name == "lo" {
+			continue
+		}
+		if lo, err := netlink.LinkByName("lo"); err == nil {
+			netlink.LinkSetUp(lo)
+		}
+		if err := netlink.AddrAdd(l, addr); err != nil {
+			fmt.Fprintf(out, "%snet %s: %v\n", guest.ReportPrefix, l.Attrs().Name, err)
+			return
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			fmt.Fprintf(out, "%snet %s: %v\n", guest.ReportPrefix, l.Attrs().Name, err)
+			return
+		}
+		fmt.Fprintf(out, "%snet %s %s up\n", guest.ReportPrefix, l.Attrs().Name, cidr)
+		return
+	}
+	fmt.Fprintf(out, "%snet: no interface\n", guest.ReportPrefix)
 }
 
 func powerOff() {

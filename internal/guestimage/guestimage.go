@@ -18,8 +18,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // DefaultDir is where `credvm image` puts the user's guest unless told
@@ -64,17 +66,36 @@ func (im Images) FastInitrd(init, out string) error {
 	if err != nil {
 		return err
 	}
-	mod, err := os.ReadFile(filepath.Join(im.Dir, "qemu_fw_cfg.ko"))
-	if err != nil {
-		return err
+	// Every module of the guest's set, flat (init loads them in any
+	// order, again until none more loads: that is their dependency order).
+	var mods []string
+	filepath.WalkDir(filepath.Join(im.Dir, "modules"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".ko") {
+			mods = append(mods, p)
+		}
+		return nil
+	})
+	if len(mods) == 0 {
+		mods = []string{filepath.Join(im.Dir, "qemu_fw_cfg.ko")}
 	}
 	var buf bytes.Buffer
 	w := newCpio(&buf)
-	for _, d := range []string{"dev", "proc", "sys", "lib", "lib/modules"} {
+	for _, d := range []string{"dev", "proc", "sys", "mnt", "lib", "lib/modules"} {
 		w.dir(d)
 	}
 	w.file("init", 0o755, bin)
-	w.file("lib/modules/qemu_fw_cfg.ko", 0o644, mod)
+	seen := map[string]bool{}
+	for _, m := range mods {
+		if seen[filepath.Base(m)] {
+			continue
+		}
+		seen[filepath.Base(m)] = true
+		b, err := os.ReadFile(m)
+		if err != nil {
+			return err
+		}
+		w.file("lib/modules/"+filepath.Base(m), 0o644, b)
+	}
 	if err := w.close(); err != nil {
 		return err
 	}

@@ -77,6 +77,9 @@ type Launch struct {
 	Dir string
 	// Console receives the guest's serial console.
 	Console io.Writer
+	// NetFiles holds, by interface index, the open device of a macvtap
+	// (its /dev/tapN), which the hypervisor inherits.
+	NetFiles map[int]*os.File
 	// Notice prints one-line messages for the user.
 	Notice func(format string, args ...any)
 	// Detail, when not nil (-v), prints what helps debugging: a
@@ -278,8 +281,11 @@ func CheckKVMBackend(name, disks string, vm *spec.VM, problem spec.ProblemFunc) 
 		}
 	}
 	for i, n := range vm.Interfaces {
-		if n.Type != "tap" {
+		switch n.Type {
+		case "user":
 			problem(fmt.Sprintf("vm.interfaces[%d].type", i), "%s has no user-mode network; use type = \"tap\" with id = a tap device", name)
+		case "macvtap":
+			problem(fmt.Sprintf("vm.interfaces[%d].type", i), "a macvtap reaches the hypervisor as an open /dev/tapN, which credvm hands only to QEMU; use type = \"tap\" (with bridge = …) for %s", name)
 		}
 	}
 }

@@ -14,6 +14,7 @@
 package spec
 
 import (
+	"path/filepath"
 	"regexp"
 	"time"
 )
@@ -161,8 +162,12 @@ type VM struct {
 	GuestSystemd int `toml:"guest_systemd" json:"guest_systemd"`
 	// VsockCID gives the guest a vsock device with this context ID (≥ 3).
 	VsockCID uint32 `toml:"vsock_cid" json:"vsock_cid"`
+	// Virtiofsd chooses the virtiofsd for shares without a socket (a path
+	// or a command; default: virtiofsd on $PATH, else QEMU's).
+	Virtiofsd string `toml:"virtiofsd" json:"virtiofsd"`
 
 	Disks      []Disk      `toml:"disks" json:"disks"`
+	Volumes    []Volume    `toml:"volumes" json:"volumes"`
 	Shares     []Share     `toml:"shares" json:"shares"`
 	Interfaces []Interface `toml:"interfaces" json:"interfaces"`
 
@@ -202,23 +207,51 @@ type Disk struct {
 }
 
 // Share is a host directory shared with the guest.
+// Volume is a disk credvm creates on the VM's first start — a sparse
+// image of Size MiB formatted with FS and labelled Label, for the guest to
+// mount by label — and never touches again (microvm.nix's volumes). A
+// relative Image lives in the VM's state directory.
+type Volume struct {
+	Image string `toml:"image" json:"image"`
+	Size  int    `toml:"size" json:"size"` // MiB
+	FS    string `toml:"fs" json:"fs"`     // "ext4" (default), "ext2", "ext3", "xfs", "btrfs"
+	Label string `toml:"label" json:"label"`
+}
+
+// ImagePath is where the volume's image is.
+func (v Volume) ImagePath(stateDir string) string {
+	if filepath.IsAbs(v.Image) {
+		return v.Image
+	}
+	return filepath.Join(stateDir, v.Image)
+}
+
 type Share struct {
 	// Proto is "virtiofs" (default) or "9p".
 	Proto  string `toml:"proto" json:"proto"`
 	Source string `toml:"source" json:"source"`
 	Tag    string `toml:"tag" json:"tag"`
-	// Socket is virtiofsd's socket; default <state dir>/<tag>.sock.
+	// Socket is the socket of a virtiofsd the user starts. Without one,
+	// credvm starts and supervises virtiofsd itself (package virtiofs).
 	Socket   string `toml:"socket" json:"socket"`
 	ReadOnly bool   `toml:"read_only" json:"read_only"`
 }
 
 // Interface is a network interface.
 type Interface struct {
-	// Type is "user" (QEMU's user-mode network) or "tap".
+	// Type is "user" (QEMU's user-mode network), "tap" (created when
+	// missing, removed on stop if credvm created it) or "macvtap" (on
+	// Link, as microvm.nix has it).
 	Type string `toml:"type" json:"type"`
-	// ID is the tap device name for "tap".
+	// ID is the host interface's name (at most 15 bytes).
 	ID  string `toml:"id" json:"id"`
 	MAC string `toml:"mac" json:"mac"`
+	// Bridge, for a tap: the bridge to attach it to.
+	Bridge string `toml:"bridge" json:"bridge"`
+	// MultiQueue, for a tap: one queue per vCPU.
+	MultiQueue bool `toml:"multi_queue" json:"multi_queue"`
+	// Link, for a macvtap: the host interface it sits on.
+	Link string `toml:"link" json:"link"`
 }
 
 // CloudHypervisor is cloud-hypervisor specific configuration.
@@ -267,4 +300,16 @@ func (m *Machine) SortedGenerators() []*Generator {
 // SortedCredentials returns the machine's credentials in name order.
 func (m *Machine) SortedCredentials() []*Credential {
 	return sortedValues(m.Credentials)
+}
+
+// Managed reports whether credvm runs the share's virtiofsd.
+func (s Share) Managed() bool { return s.Proto == "virtiofs" && s.Socket == "" }
+
+// SocketPath is the share's vhost-user socket: the user's, or the one
+// credvm's virtiofsd makes in the VM's state directory.
+func (s Share) SocketPath(stateDir string) string {
+	if s.Socket != "" {
+		return s.Socket
+	}
+	return filepath.Join(stateDir, "virtiofs-"+s.Tag+".sock")
 }

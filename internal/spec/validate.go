@@ -14,6 +14,12 @@ import (
 	"github.com/credvm/credvm/internal/cred"
 )
 
+// VolumeFilesystems are the filesystems a volume can be made with.
+var VolumeFilesystems = []string{"ext4", "ext3", "ext2", "xfs", "btrfs"}
+
+// labelMax is each filesystem's longest label.
+var labelMax = map[string]int{"ext4": 16, "ext3": 16, "ext2": 16, "xfs": 12, "btrfs": 255}
+
 // DefaultTimeout bounds a generator's script when it declares none.
 const DefaultTimeout = 5 * time.Minute
 
@@ -276,6 +282,33 @@ func (vm *VM) validate(add ProblemFunc, dir string) {
 			add(key+".format", "unknown disk format %q: use one of %s", d.Format, QuoteList("raw", "qcow2"))
 		}
 	}
+	images := map[string]bool{}
+	for i := range vm.Volumes {
+		v := &vm.Volumes[i]
+		key := fmt.Sprintf("vm.volumes[%d]", i)
+		if v.Image == "" || strings.Contains(v.Image, "..") {
+			add(key+".image", "a volume needs image = \"name.img\" (in the VM's state directory) or an absolute path, without '..'")
+		}
+		if images[v.Image] {
+			add(key+".image", "image %q is used by another volume", v.Image)
+		}
+		images[v.Image] = true
+		if v.Size <= 0 {
+			add(key+".size", "a volume needs size = its size in MiB (it is created on the first start)")
+		}
+		if v.FS == "" {
+			v.FS = "ext4"
+		}
+		if !oneOf(v.FS, VolumeFilesystems...) {
+			add(key+".fs", "unknown filesystem %q: use one of %s", v.FS, QuoteList(VolumeFilesystems...))
+		}
+		if v.Label == "" {
+			v.Label = strings.TrimSuffix(filepath.Base(v.Image), filepath.Ext(v.Image))
+		}
+		if max := labelMax[v.FS]; len(v.Label) > max || strings.ContainsAny(v.Label, " /,=") {
+			add(key+".label", "label %q: at most %d characters for %s, without spaces, '/', ',' or '=' (the guest mounts the volume by it)", v.Label, max, v.FS)
+		}
+	}
 	tags := map[string]bool{}
 	for i := range vm.Shares {
 		s := &vm.Shares[i]
@@ -302,11 +335,20 @@ func (vm *VM) validate(add ProblemFunc, dir string) {
 	for i := range vm.Interfaces {
 		n := &vm.Interfaces[i]
 		key := fmt.Sprintf("vm.interfaces[%d]", i)
-		if !oneOf(n.Type, "user", "tap") {
-			add(key+".type", "unknown interface type %q: use one of %s", n.Type, QuoteList("user", "tap"))
+		if !oneOf(n.Type, "user", "tap", "macvtap") {
+			add(key+".type", "unknown interface type %q: use one of %s", n.Type, QuoteList("user", "tap", "macvtap"))
 		}
-		if n.Type == "tap" && (n.ID == "" || len(n.ID) > 15) {
-			add(key+".id", "a tap interface needs id = the tap device's name (at most 15 characters)")
+		if n.Type != "user" && (n.ID == "" || len(n.ID) > 15 || strings.ContainsAny(n.ID, "/ :") || n.ID == "." || n.ID == "..") {
+			add(key+".id", "a %s interface needs id = the host interface's name (1–15 bytes, no '/', ':' or spaces): %q", n.Type, n.ID)
+		}
+		if n.Type == "macvtap" && n.Link == "" {
+			add(key+".link", "a macvtap interface needs link = the host interface it sits on (such as \"eth0\")")
+		}
+		if n.Type != "macvtap" && n.Link != "" {
+			add(key+".link", "link is for macvtap interfaces; a tap attaches with bridge = \"br0\"")
+		}
+		if n.Type != "tap" && (n.Bridge != "" || n.MultiQueue) {
+			add(key+".bridge", "bridge and multi_queue are for tap interfaces")
 		}
 		if n.MAC != "" {
 			if !isMAC(n.MAC) {

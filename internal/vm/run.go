@@ -106,10 +106,16 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 		console = io.MultiWriter(logFile, lastLines, spoke, o.Console)
 	}
 
+	devs, err := setUpDevices(m, o.State.Path(), os.Getuid(), os.Getgid(), notice)
+	if err != nil {
+		return nil, err
+	}
+	defer devs.tearDown()
+
 	notice("%s via %s: %s", words.Plural(len(plan.Credentials)-1, "credential", "credentials"), plan.Transport, plan.Why)
 	launch := hypervisor.Launch{
-		Name: m.Name, VM: m.VM, Plan: plan, Dir: o.State.Path(),
-		Console: console, Notice: notice,
+		Name: m.Name, VM: devs.vm, Plan: plan, Dir: o.State.Path(),
+		Console: console, Notice: notice, NetFiles: devs.netFiles,
 	}
 	if o.Verbose {
 		launch.Detail = notice
@@ -131,12 +137,23 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 	if o.Started != nil && (!early || exit.Code == 0 && exit.Signal == "") {
 		o.Started(inst.PID(), drv.Name())
 	}
+	died := ""
 	if !early {
 		select {
 		case exit = <-exited:
 		case <-ctx.Done():
 			notice("powering the guest off; %s is stopped in %s if it has not", drv.Name(), o.ShutdownTimeout)
 			exit = inst.Shutdown(o.ShutdownTimeout)
+		case died = <-devs.died:
+			// virtiofsd also ends when the hypervisor closes its
+			// connection: a hypervisor exiting now is the cause.
+			select {
+			case exit = <-exited:
+				died = ""
+			case <-time.After(time.Second):
+				notice("%s: powering the guest off (its share is gone)", died)
+				exit = inst.Shutdown(o.ShutdownTimeout)
+			}
 		}
 	}
 	if exit.Err != nil {
@@ -155,8 +172,14 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 	} else {
 		notice("%s exited", drv.Name())
 	}
+	if died != "" {
+		rec.State, rec.Error = RunFailed, died
+	}
 	if err := o.State.SaveRunRecord(rec); err != nil {
 		notice("cannot record the run's end: %v", err)
+	}
+	if died != "" {
+		return res, fmt.Errorf("vm %s: stopped: %s: %w", m.Name, died, errDeviceDied)
 	}
 	if early && rec.State == RunFailed {
 		return res, &EarlyExitError{Name: m.Name, Hypervisor: drv.Name(), Code: res.ExitCode, Signal: res.Signal,
@@ -255,8 +278,8 @@ func checkPaths(m *spec.Machine) error {
 	}
 	for _, s := range m.VM.Shares {
 		errs = append(errs, check("share", s.Source))
-		if s.Proto == "virtiofs" {
-			errs = append(errs, check("virtiofsd socket (start virtiofsd first)", s.Socket))
+		if s.Proto == "virtiofs" && !s.Managed() {
+			errs = append(errs, check("virtiofsd socket (start virtiofsd first, or remove socket to let credvm run it)", s.Socket))
 		}
 	}
 	return errors.Join(errs...)

@@ -207,11 +207,7 @@ func Config(name string, vm spec.VM, plan *cred.Plan, dir string) (*VmConfig, er
 		c.Net = append(c.Net, Net{Tap: n.ID, Mac: n.MAC})
 	}
 	for _, s := range vm.Shares {
-		socket := s.Socket
-		if socket == "" {
-			socket = filepath.Join(dir, s.Tag+".sock")
-		}
-		c.Fs = append(c.Fs, Fs{Tag: s.Tag, Socket: socket, NumQueues: 1, QueueSize: 1024})
+		c.Fs = append(c.Fs, Fs{Tag: s.Tag, Socket: s.SocketPath(dir), NumQueues: 1, QueueSize: 1024})
 		c.Memory.Shared = true // vhost-user needs shared guest memory
 	}
 	if vm.VsockCID != 0 {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,9 +95,16 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Then the console's pipe, then the macvtaps' devices.
+	netFDs := map[int]int{}
+	var netFiles []*os.File
+	for _, i := range slices.Sorted(maps.Keys(l.NetFiles)) {
+		netFDs[i] = 3 + len(files) + 1 + len(netFiles)
+		netFiles = append(netFiles, l.NetFiles[i])
+	}
 	args, err := Args(Config{
-		Name: l.Name, VM: l.VM, Plan: l.Plan, Accel: accel.Name, QMP: sock,
-		Console: fmt.Sprintf("/dev/fd/%d", 3+len(files)), HostKHz: HostKHz(),
+		Name: l.Name, VM: l.VM, Plan: l.Plan, Accel: accel.Name, QMP: sock, StateDir: l.Dir,
+		Console: fmt.Sprintf("/dev/fd/%d", 3+len(files)), HostKHz: HostKHz(), NetFDs: netFDs,
 	}, 3)
 	if err != nil {
 		consoleR.Close()
@@ -104,7 +112,7 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 		return nil, err
 	}
 	cmd := exec.Command(Binary, args...)
-	cmd.ExtraFiles = append(append([]*os.File{}, files...), consoleW)
+	cmd.ExtraFiles = append(append(append([]*os.File{}, files...), consoleW), netFiles...)
 	if l.Detail != nil {
 		// Never a secret on it: credentials go by inherited descriptors.
 		l.Detail("%s %s", Binary, strings.Join(args, " "))

@@ -38,6 +38,11 @@ type Config struct {
 	Accel   string // "kvm" or "tcg", already decided
 	QMP     string // QMP socket path
 	Console string // path QEMU writes the serial console to (/dev/fd/N)
+	// StateDir is the VM's state directory (virtiofsd's sockets).
+	StateDir string
+	// NetFDs are, by interface index, the inherited descriptors of
+	// macvtaps.
+	NetFDs map[int]int
 	// HostKHz is the host TSC frequency, passed to microvm guests under
 	// TCG (tsc_early_khz) where TSC calibration otherwise hangs.
 	HostKHz int
@@ -125,7 +130,7 @@ func Args(c Config, firstFD int) ([]string, error) {
 			a = append(a, "-fsdev", fsdev, "-device", dev("virtio-9p-pci", "virtio-9p-device")+",fsdev="+id+",mount_tag="+s.Tag)
 		case "virtiofs":
 			virtiofs = true
-			a = append(a, "-chardev", "socket,id="+id+",path="+Escape(s.Socket),
+			a = append(a, "-chardev", "socket,id="+id+",path="+Escape(s.SocketPath(c.StateDir)),
 				"-device", dev("vhost-user-fs-pci", "vhost-user-fs-device")+",chardev="+id+",tag="+s.Tag)
 		}
 	}
@@ -139,9 +144,22 @@ func Args(c Config, firstFD int) ([]string, error) {
 		case "user":
 			a = append(a, "-netdev", "user,id="+id)
 		case "tap":
-			a = append(a, "-netdev", "tap,id="+id+",ifname="+n.ID+",script=no,downscript=no")
+			netdev := "tap,id=" + id + ",ifname=" + n.ID + ",script=no,downscript=no,vnet_hdr=on"
+			if n.MultiQueue && vm.Vcpu > 1 {
+				netdev += fmt.Sprintf(",queues=%d", vm.Vcpu)
+			}
+			a = append(a, "-netdev", netdev)
+		case "macvtap":
+			fd, ok := c.NetFDs[i]
+			if !ok {
+				return nil, fmt.Errorf("vm %s: macvtap %s has no open device", c.Name, n.ID)
+			}
+			a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,fd=%d,vnet_hdr=on", id, fd))
 		}
 		device := dev("virtio-net-pci", "virtio-net-device") + ",netdev=" + id
+		if n.Type == "tap" && n.MultiQueue && vm.Vcpu > 1 && !microvm {
+			device += fmt.Sprintf(",mq=on,vectors=%d", 2*vm.Vcpu+2)
+		}
 		if n.MAC != "" {
 			device += ",mac=" + n.MAC
 		}

@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fastGuest is the fast guest's [vm] with more kernel command-line words
+// (the test guest's actions: credvm.mount, credvm.volume, credvm.ip).
+func fastGuest(extra string, more ...string) string {
+	s := vmSection("fast", more...)
+	return strings.Replace(s, `cmdline = "console=ttyS0 quiet panic=-1"`, `cmdline = "console=ttyS0 quiet panic=-1 `+extra+`"`, 1)
+}
+
+func needRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (virtiofsd, taps, network namespaces)")
+	}
+}
+
+// TestVirtiofsAndVolumes: credvm starts one virtiofsd per share (QEMU
+// 7.2's, as root), the guest mounts both, reads what the host wrote,
+// writes to the read-write one and is refused by the read-only one; a
+// volume is created and formatted on the first start, mounted by label,
+// and keeps its data across a restart; nothing of virtiofsd is left.
+func TestVirtiofsAndVolumes(t *testing.T) {
+	needGuests(t)
+	needRoot(t)
+	if _, err := os.Stat("/usr/lib/qemu/virtiofsd"); err != nil {
+		t.Skip("no /usr/lib/qemu/virtiofsd (apt-get install qemu-system-common)")
+	}
+	t.Parallel()
+	r := newRepo(t)
+	rw, ro := filepath.Join(r.dir, "rw"), filepath.Join(r.dir, "ro")
+	for _, d := range []string{rw, ro} {
+		os.Mkdir(d, 0o755)
+		os.WriteFile(filepath.Join(d, "hello"), []byte("hello from "+filepath.Base(d)+"\n"), 0o644)
+	}
+	r.machine("plumbed", fastGuest("credvm.mount=rw credvm.mount=ro credvm.volume=data")+`
+[[vm.shares]]
+source = "`+rw+`"
+tag = "rw"
+[[vm.shares]]
+source = "`+ro+`"
+tag = "ro"
+read_only = true
+[[vm.volumes]]
+image = "data.img"
+size = 16
+[credentials]
+A = { value = "a" }
+`)
+	b := r.run("plumbed")
+	b.mustVerify(t)
+	for _, want := range []string{
+		`credvm-guest: share rw read "hello from rw" <nil>`,
+		`credvm-guest: share rw write ok`,
+		`credvm-guest: share ro read "hello from ro" <nil>`,
+		`credvm-guest: share ro write refused: open /mnt/ro/from-guest: read-only file system`,
+		`credvm-guest: volume data count 1`,
+	} {
+		if !strings.Contains(b.console, want) {
+			t.Errorf("the guest did not say %q:\n%s\n%s", want, grepLines(b.console, "credvm-guest: "), b.stderr)
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(rw, "from-guest")); err != nil || string(got) != "written by the guest\n" {
+		t.Errorf("the guest's write to the rw share: %q, %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(ro, "from-guest")); err == nil {
+		t.Errorf("the guest wrote to the read-only share")
+	}
+	img := filepath.Join(r.state, "plumbed", "data.img")
+	fi, err := os.Stat(img)
+	if err != nil || fi.Size() != 16<<20 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("volume image: %v %v", fi, err)
+	}
+	if !strings.Contains(b.stderr, "created volume "+img+" (16 MiB, ext4, label data)") {
+		t.Errorf("no notice of the volume's creation:\n%s", b.stderr)
+	}
+	if out, _ := exec.Command("pgrep", "-f", "virtiofsd.*"+r.state).Output(); len(out) > 0 {
+		t.Errorf("virtiofsd left running: %s", out)
+	}
+	socks, _ := filepath.Glob(filepath.Join(r.state, "plumbed", "virtiofs-*.sock"))
+	if len(socks) > 0 {
+		t.Errorf("virtiofsd sockets left: %v", socks)
+	}
+
+	// The second start uses the volume as it is: the guest's data stays.
+	b = r.run("plumbed")
+	if !strings.Contains(b.console, "credvm-guest: volume data count 2") {
+		t.Errorf("the volume lost its data across a restart:\n%s", grepLines(b.console, "credvm-guest: volume"))
+	}
+	if strings.Contains(b.stderr, "created volume") {
+		t.Errorf("the volume was made again:\n%s", b.stderr)
+	}
+}
+
+// TestVirtiofsdDeath: a virtiofsd that dies while the VM runs stops the
+// VM, saying which share.
+func TestVirtiofsdDeath(t *testing.T) {
+	needGuests(t)
+	needRoot(t)
+	if _, err := os.Stat("/usr/lib/qemu/virtiofsd"); err != nil {
+		t.Skip("no /usr/lib/qemu/virtiofsd")
+	}
+	t.Parallel()
+	r := newRepo(t)
+	dir := filepath.Join(r.dir, "share")
+	os.Mkdir(dir, 0o755)
+	r.machine("share", fastGuest("credvm.idle")+`
+[[vm.shares]]
+source = "`+dir+`"
+tag = "s"
+[credentials]
+A = { value = "a" }
+`)
+	r.credvm("create", "share", "--state-dir", r.state)
+	r.credvm("start", "share", "--state-dir", r.state, "--shutdown-timeout", "2s")
+	defer r.credvmErr("stop", "share", "--state-dir", r.state)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _ := exec.Command("pgrep", "-f", "virtiofsd --socket-path="+filepath.Join(r.state, "share")).Output()
+		if pids := strings.Fields(string(out)); len(pids) > 0 {
+			exec.Command("kill", "-9", pids[0]).Run()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no virtiofsd for the share")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for time.Now().Before(deadline.Add(30 * time.Second)) {
+		st := r.credvm("status", "share", "--state-dir", r.state, "--json")
+		if strings.Contains(st, `"running": false`) {
+			if !strings.Contains(st, `virtiofsd of share \"s\"`) {
+				t.Errorf("status does not say which share's virtiofsd died:\n%s", st)
+			}
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Errorf("the VM still runs after its virtiofsd died:\n%s", r.credvm("status", "share", "--state-dir", r.state))
+}
