@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -50,6 +53,10 @@ func TestNewcomer(t *testing.T) {
 	if got := r.list(t)["my-vm"]; !strings.HasPrefix(got, "current|true|") {
 		t.Fatalf("after boot the guest is %s, want running", got)
 	}
+	consoleThroughTmux(t, r, "my-vm")
+	if got := r.list(t)["my-vm"]; !strings.HasPrefix(got, "current|true|") {
+		t.Fatalf("after detaching from the console the guest is %s, want running", got)
+	}
 	out = r.credvm("stop", "my-vm", "--state-dir", r.state)
 	if !strings.Contains(out, "my-vm: stopped") {
 		t.Errorf("stop: %s", out)
@@ -59,5 +66,50 @@ func TestNewcomer(t *testing.T) {
 	}
 	if st := r.credvm("status", "my-vm", "--state-dir", r.state); !strings.Contains(st, "exit status 0") {
 		t.Errorf("status after stop:\n%s", st)
+	}
+}
+
+// consoleThroughTmux attaches `credvm console` on a tmux terminal, runs a
+// command in the guest's root shell, sees its output, and detaches with
+// Ctrl-].
+func consoleThroughTmux(t *testing.T, r *repo, name string) {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Log("tmux not installed: the console is not tested")
+		return
+	}
+	sock := "credvm-test-" + strconv.Itoa(os.Getpid())
+	tmux := func(args ...string) string {
+		out, err := exec.Command("tmux", append([]string{"-L", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	defer exec.Command("tmux", "-L", sock, "kill-server").Run()
+	tmux("new-session", "-d", "-s", "c", "-x", "160", "-y", "40",
+		fmt.Sprintf("%s console %s --state-dir %s; echo console-exit=$?; sleep 60", credvmBin, name, r.state))
+	pane := func() string { return tmux("capture-pane", "-p", "-t", "c", "-S", "-200") }
+	waitFor := func(want string) string {
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			p := pane()
+			if strings.Contains(p, want) {
+				return p
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the console never showed %q:\n%s", want, p)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	waitFor("Ctrl-] detaches")
+	tmux("send-keys", "-t", "c", "", "Enter")
+	tmux("send-keys", "-t", "c", "echo console-$((6*7))", "Enter")
+	waitFor("console-42")
+	tmux("send-keys", "-t", "c", "C-]")
+	p := waitFor("console-exit=")
+	if !strings.Contains(p, "detached from "+name+"'s console; it keeps running") || !strings.Contains(p, "console-exit=0") {
+		t.Errorf("detaching:\n%s", p)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/credvm/credvm/internal/console"
 	"github.com/credvm/credvm/internal/vm"
 )
 
@@ -214,5 +215,30 @@ func newLogsCmd(g *globals) *cobra.Command {
 	})
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing as the console writes (Ctrl-C to stop)")
 	cmd.Flags().IntVarP(&lines, "lines", "n", 0, "start with the last N lines only")
+	return cmd
+}
+
+func newConsoleCmd(g *globals) *cobra.Command {
+	cmd := g.newVMCmd("console NAME", "Attach this terminal to a running VM's serial console (Ctrl-] detaches)", func(s vm.StateDir) error {
+		in, ok := g.stdin.(*os.File)
+		if !ok {
+			in = os.Stdin
+		}
+		ended, err := vm.AttachConsole(s, in, g.stdout, g.stderr)
+		if err != nil {
+			return err
+		}
+		if ended == console.Detached {
+			fmt.Fprintf(g.stderr, "\r\ndetached from %s's console; it keeps running\n", s.Name)
+		} else {
+			fmt.Fprintf(g.stderr, "\r\n%s's console closed: the VM stopped\n", s.Name)
+		}
+		return nil
+	})
+	cmd.Long = `Attach this terminal to a running VM's serial console, as virsh console
+does: what you type goes to the guest (the terminal is in raw mode, so
+Ctrl-C reaches the guest's shell), what the guest prints comes back, and
+the console log is still written. Ctrl-] detaches and leaves the VM
+running. One terminal at a time. QEMU VMs; for the others, logs -f.`
 	return cmd
 }

@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -86,6 +87,11 @@ type Launch struct {
 	// hypervisor's command line where it holds no secret.
 	Detail func(format string, args ...any)
 }
+
+// ConsoleSocket is where a running VM's serial console can be attached
+// (`credvm console`): a unix socket in its state directory, made by the
+// backends that offer one (QEMU).
+func ConsoleSocket(dir string) string { return filepath.Join(dir, "console.sock") }
 
 // Instance is a running hypervisor.
 type Instance interface {

@@ -66,6 +66,11 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 		return nil, fmt.Errorf("vm %s: %w", l.Name, err)
 	}
 	os.Remove(sock) // a stale socket from a crash
+	consoleSock := hypervisor.ConsoleSocket(l.Dir)
+	if hypervisor.SocketPathOK(consoleSock) != nil {
+		consoleSock = "" // too long a path: the log only, no attaching
+	}
+	os.Remove(consoleSock)
 	accel, err := ChooseAccel(l.VM.Accel)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", l.Name, err)
@@ -103,7 +108,7 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 		netFiles = append(netFiles, l.NetFiles[i])
 	}
 	args, err := Args(Config{
-		Name: l.Name, VM: l.VM, Plan: l.Plan, Accel: accel.Name, QMP: sock, StateDir: l.Dir,
+		Name: l.Name, VM: l.VM, Plan: l.Plan, Accel: accel.Name, QMP: sock, StateDir: l.Dir, ConsoleSocket: consoleSock,
 		Console: fmt.Sprintf("/dev/fd/%d", 3+len(files)), HostKHz: HostKHz(), NetFDs: netFDs,
 	}, 3)
 	if err != nil {
@@ -145,6 +150,7 @@ func (in *instance) Wait() hypervisor.Exit {
 	e := in.p.Exit()
 	<-in.copied
 	os.Remove(in.sock)
+	os.Remove(hypervisor.ConsoleSocket(filepath.Dir(in.sock)))
 	return e
 }
 

@@ -40,6 +40,8 @@ type Config struct {
 	Console string // path QEMU writes the serial console to (/dev/fd/N)
 	// StateDir is the VM's state directory (virtiofsd's sockets).
 	StateDir string
+	// ConsoleSocket is where `credvm console` attaches ("": no socket).
+	ConsoleSocket string
 	// NetFDs are, by interface index, the inherited descriptors of
 	// macvtaps.
 	NetFDs map[int]int
@@ -68,7 +70,7 @@ func Args(c Config, firstFD int) ([]string, error) {
 		"-smp", strconv.Itoa(vm.Vcpu),
 		"-m", strconv.Itoa(vm.Mem),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-chardev", "file,id=console,path=" + c.Console,
+		"-chardev", consoleChardev(c),
 		"-serial", "chardev:console",
 		"-qmp", "unix:" + Escape(c.QMP) + ",server=on,wait=off",
 	}
@@ -186,6 +188,17 @@ func Args(c Config, firstFD int) ([]string, error) {
 		}
 	}
 	return a, nil
+}
+
+// consoleChardev is the serial console's backend: a listening unix socket
+// in the state directory that `credvm console` attaches to, everything
+// the guest prints also logged to c.Console — or, without a socket, the
+// log alone.
+func consoleChardev(c Config) string {
+	if c.ConsoleSocket == "" {
+		return "file,id=console,path=" + c.Console
+	}
+	return "socket,id=console,path=" + Escape(c.ConsoleSocket) + ",server=on,wait=off,logfile=" + c.Console
 }
 
 // Payload is what the guest reads for credential c under a transport: the
