@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -144,4 +145,51 @@ A = { value = "a" }
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Errorf("the VM still runs after its virtiofsd died:\n%s", r.credvm("status", "share", "--state-dir", r.state))
+}
+
+// TestRunInteractive: `run --interactive` makes the terminal the guest's
+// console; Ctrl-] powers the guest off and ends the run.
+func TestRunInteractive(t *testing.T) {
+	needGuests(t)
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Skip("tmux not installed")
+	}
+	t.Parallel()
+	r := newRepo(t)
+	r.machine("inter", fastGuest("credvm.idle")+`
+[credentials]
+A = { value = "a" }
+`)
+	sock := "credvm-inter-" + strconv.Itoa(os.Getpid())
+	defer exec.Command("tmux", "-L", sock, "kill-server").Run()
+	cmd := exec.Command("tmux", "-L", sock, "new-session", "-d", "-s", "i", "-x", "160", "-y", "40",
+		credvmBin+" run inter -i --state-dir "+r.state+" --shutdown-timeout 2s; echo run-exit=$?; sleep 60")
+	cmd.Env, cmd.Dir = r.env, r.dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tmux: %v\n%s", err, out)
+	}
+	pane := func() string {
+		out, _ := exec.Command("tmux", "-L", sock, "capture-pane", "-p", "-t", "i", "-S", "-200").Output()
+		return string(out)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(pane(), "credvm-guest: idle") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the interactive run never showed the guest:\n%s", pane())
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	exec.Command("tmux", "-L", sock, "send-keys", "-t", "i", "C-]").Run()
+	for !strings.Contains(pane(), "run-exit=") {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ctrl-] did not end the run:\n%s", pane())
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if p := pane(); !strings.Contains(p, "Ctrl-]: powering the guest off") {
+		t.Errorf("no word of the power-off:\n%s", p)
+	}
+	if qemuCount("inter") != 0 {
+		t.Errorf("QEMU still runs after the interactive run ended")
+	}
 }

@@ -228,3 +228,11 @@ func accepts(accepted []*repo.ConfirmationError, kind string) *repo.Confirmation
 	}
 	return nil
 }
+
+// stdinFile is standard input as a file (a console attaches to it).
+func (g *globals) stdinFile() *os.File {
+	if f, ok := g.stdin.(*os.File); ok {
+		return f
+	}
+	return os.Stdin
+}

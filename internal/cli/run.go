@@ -18,9 +18,10 @@ import (
 
 func newRunCmd(g *globals) *cobra.Command {
 	var (
-		o          vm.RunOptions
-		quiet      bool
-		supervised bool
+		o           vm.RunOptions
+		quiet       bool
+		supervised  bool
+		interactive bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run MACHINE",
@@ -41,6 +42,8 @@ files: nothing on its command line, in its environment or on disk.
 The serial console goes to the terminal and to console.log in the VM's
 state directory. Ctrl-C (or SIGTERM) asks the guest to power off, and tells
 the hypervisor to quit if the guest has not stopped within --shutdown-timeout.
+With --interactive (microvm -r) the terminal is the guest's console both
+ways, in raw mode: Ctrl-C goes to the guest, and Ctrl-] powers it off.
 
 With --systemd (the credvm@.service unit), credvm tells systemd the service
 is ready once the hypervisor runs, and reads the machine's own age key from
@@ -55,7 +58,13 @@ passes one (LoadCredentialEncrypted=age-key:…).`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			res, err := vm.Run(ctx, o)
+			var res *vm.Result
+			var err error
+			if interactive {
+				res, err = vm.RunInteractive(ctx, o, g.stdinFile(), g.stdout)
+			} else {
+				res, err = vm.Run(ctx, o)
+			}
 			var early *vm.EarlyExitError
 			switch {
 			case errors.As(err, &early) && early.Code > 0:
@@ -70,6 +79,7 @@ passes one (LoadCredentialEncrypted=age-key:…).`,
 	f.StringVar(&o.MachineKeyFile, "age-key", "", "the machine's own age key file, to decrypt its vars without a user key")
 	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", vm.DefaultShutdownTimeout, "how long the guest gets to power off before the hypervisor is told to quit")
 	f.BoolVarP(&quiet, "quiet", "q", false, "do not copy the console to the terminal (it still goes to console.log)")
+	f.BoolVarP(&interactive, "interactive", "i", false, "attach this terminal to the guest's console (QEMU): typing goes to the guest, Ctrl-] powers it off")
 	f.BoolVar(&supervised, "supervised", false, "run as the supervisor of `credvm start` (internal)")
 	f.BoolVar(&o.Systemd, "systemd", false, "run under systemd: sd_notify readiness, machine key from $CREDENTIALS_DIRECTORY")
 	f.MarkHidden("supervised")

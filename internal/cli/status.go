@@ -220,11 +220,7 @@ func newLogsCmd(g *globals) *cobra.Command {
 
 func newConsoleCmd(g *globals) *cobra.Command {
 	cmd := g.newVMCmd("console NAME", "Attach this terminal to a running VM's serial console (Ctrl-] detaches)", func(s vm.StateDir) error {
-		in, ok := g.stdin.(*os.File)
-		if !ok {
-			in = os.Stdin
-		}
-		ended, err := vm.AttachConsole(s, in, g.stdout, g.stderr)
+		ended, err := vm.AttachConsole(s, g.stdinFile(), g.stdout, g.stderr)
 		if err != nil {
 			return err
 		}
