@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -191,5 +195,81 @@ A = { value = "a" }
 	}
 	if qemuCount("inter") != 0 {
 		t.Errorf("QEMU still runs after the interactive run ended")
+	}
+}
+
+// TestUnprivilegedQEMU: as root, with [vm] user, QEMU runs as that user
+// (credentials set at exec), under its seccomp sandbox; it gets its disks
+// and volumes as descriptors and still delivers every credential.
+func TestUnprivilegedQEMU(t *testing.T) {
+	needGuests(t)
+	needRoot(t)
+	t.Parallel()
+	r := newRepo(t)
+	boot, err := os.MkdirTemp("/tmp", "cvboot") // t.TempDir's parent is 0700
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(boot) })
+	os.Chmod(boot, 0o755)
+	initrd := filepath.Join(boot, "fast.img")
+	if b, err := os.ReadFile(fastInitrd); err != nil || os.WriteFile(initrd, b, 0o644) != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(r.dir, "disk.img")
+	os.WriteFile(disk, make([]byte, 1<<20), 0o600) // root's: QEMU gets it open
+	toml := strings.Replace(fastGuest("credvm.volume=vol credvm.idle"), strconv.Quote(fastInitrd), strconv.Quote(initrd), 1) + `user = "nobody"
+[[vm.disks]]
+image = "` + disk + `"
+[[vm.volumes]]
+image = "vol.img"
+size = 8
+[credentials]
+A = { value = "a" }
+B = { value = "bee" }
+`
+	r.machine("unpriv", toml)
+	os.Chmod(r.state, 0o755) // as /var/lib/microvms is (MkdirTemp made it 0700)
+	r.credvm("create", "unpriv", "--state-dir", r.state)
+	r.credvm("start", "unpriv", "--state-dir", r.state, "--shutdown-timeout", "2s")
+	defer r.credvmErr("stop", "unpriv", "--state-dir", r.state)
+	console := r.waitConsole(t, "unpriv", "credvm-guest: idle", 1)
+	if !strings.Contains(console, "credvm-guest: verify ok") || !strings.Contains(console, "credvm-guest: volume vol count 1") {
+		t.Errorf("the unprivileged guest:\n%s", grepLines(console, "credvm-guest: "))
+	}
+	var rec struct {
+		PID int `json:"hypervisor_pid"`
+	}
+	b, _ := os.ReadFile(filepath.Join(r.state, "unpriv", "run.json"))
+	json.Unmarshal(b, &rec)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", rec.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^Uid:\s+65534\s+65534\s+65534\s+65534$`).Match(status) {
+		t.Errorf("QEMU does not run as nobody:\n%s", grepLines(string(status), "Uid"))
+	}
+	if !regexp.MustCompile(`(?m)^Seccomp:\s+2$`).Match(status) {
+		t.Errorf("QEMU runs without its seccomp filter:\n%s", grepLines(string(status), "Seccomp"))
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.PID))
+	if !strings.Contains(string(cmdline), "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny") {
+		t.Errorf("no -sandbox on QEMU's command line: %q", cmdline)
+	}
+	fi, _ := os.Stat(filepath.Join(r.state, "unpriv", "sockets"))
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Uid != 65534 || fi.Mode().Perm() != 0o700 {
+		t.Errorf("the socket directory is not nobody's 0700: %v", fi.Mode())
+	}
+	fi, _ = os.Stat(filepath.Join(r.state, "unpriv"))
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Uid != 0 {
+		t.Errorf("the state directory is not root's")
+	}
+
+	// A kernel that user cannot read is named before anything starts.
+	r.credvm("stop", "unpriv", "--state-dir", r.state)
+	os.Chmod(initrd, 0o600)
+	out, err := r.credvmErr("run", "unpriv", "--state-dir", r.state)
+	if err == nil || !strings.Contains(out, "initrd "+initrd+": the hypervisor runs as nobody, who cannot read it (not readable): make it readable (chmod o+r, and o+x on its directories), or set [vm] user = \"root\"") {
+		t.Errorf("run with an unreadable initrd: %v\n%s", err, out)
 	}
 }

@@ -74,10 +74,14 @@ type Launch struct {
 	Name string
 	VM   spec.VM
 	Plan *cred.Plan
-	// Dir is the VM's state directory (0700): control sockets live here.
+	// Dir is the VM's socket directory (0700, the hypervisor user's):
+	// control sockets live here.
 	Dir string
 	// Console receives the guest's serial console.
 	Console io.Writer
+	// As is the unprivileged user the hypervisor runs as (nil: credvm's
+	// own). Dir is then theirs; disks reach it as open descriptors.
+	As *Identity
 	// NetFiles holds, by interface index, the open device of a macvtap
 	// (its /dev/tapN), which the hypervisor inherits.
 	NetFiles map[int]*os.File
@@ -135,7 +139,11 @@ func StartProcess(cmd *exec.Cmd) (*Process, error) {
 		cmd.Stdout = &p.stderr
 	}
 	cmd.Stderr = &p.stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	var as *syscall.Credential // set by the backend: the unprivileged user
+	if cmd.SysProcAttr != nil {
+		as = cmd.SysProcAttr.Credential
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM, Credential: as}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

@@ -162,6 +162,9 @@ type VM struct {
 	GuestSystemd int `toml:"guest_systemd" json:"guest_systemd"`
 	// VsockCID gives the guest a vsock device with this context ID (≥ 3).
 	VsockCID uint32 `toml:"vsock_cid" json:"vsock_cid"`
+	// User is who the hypervisor runs as when credvm runs as root
+	// (default: the user "credvm" when it exists; "root" keeps root).
+	User string `toml:"user" json:"user"`
 	// Virtiofsd chooses the virtiofsd for shares without a socket (a path
 	// or a command; default: virtiofsd on $PATH, else QEMU's).
 	Virtiofsd string `toml:"virtiofsd" json:"virtiofsd"`

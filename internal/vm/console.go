@@ -30,7 +30,7 @@ func AttachConsole(s StateDir, in *os.File, out, hello io.Writer) (console.Ended
 		return console.Closed, fmt.Errorf("vm %s runs on %s, whose console credvm does not attach to yet: `credvm logs -f %s` follows it", s.Name, rec.Hypervisor, s.Name)
 	}
 	fmt.Fprintf(hello, "attached to %s's console; Ctrl-] detaches (the VM keeps running)\r\n", s.Name)
-	ended, err := console.Attach(hypervisor.ConsoleSocket(s.Path()), in, out)
+	ended, err := console.Attach(hypervisor.ConsoleSocket(s.Sockets()), in, out)
 	if errors.Is(err, console.ErrNoConsole) {
 		return ended, fmt.Errorf("vm %s: %w: its hypervisor offers no console socket (started by an older credvm? restart it)", s.Name, err)
 	}
@@ -54,7 +54,7 @@ func RunInteractive(ctx context.Context, o RunOptions, in *os.File, out io.Write
 		res, err := Run(ctx, o)
 		done <- ran{res, err}
 	}()
-	sock := hypervisor.ConsoleSocket(o.State.Path())
+	sock := hypervisor.ConsoleSocket(o.State.Sockets())
 	for {
 		select {
 		case r := <-done:

@@ -27,9 +27,9 @@ type devices struct {
 }
 
 // setUpDevices sets up m's devices for a hypervisor running as uid:gid,
-// with sockets and volumes in stateDir. On error, whatever it set up is
-// taken down again.
-func setUpDevices(m *spec.Machine, stateDir string, uid, gid int, notice func(string, ...any)) (d *devices, err error) {
+// with volumes in stateDir and virtiofsd's sockets in sockets. On error,
+// whatever it set up is taken down again.
+func setUpDevices(m *spec.Machine, stateDir, sockets string, uid, gid int, notice func(string, ...any)) (d *devices, err error) {
 	d = &devices{vm: m.VM, netFiles: map[int]*os.File{}, died: make(chan string, len(m.VM.Shares))}
 	d.vm.Disks = slices.Clone(m.VM.Disks)
 	d.vm.Interfaces = slices.Clone(m.VM.Interfaces)
@@ -79,7 +79,7 @@ func setUpDevices(m *spec.Machine, stateDir string, uid, gid int, notice func(st
 			}
 			daemon = &found
 		}
-		srv, err := virtiofs.Start(*daemon, s, stateDir, uid, gid)
+		srv, err := virtiofs.Start(*daemon, s, sockets, uid, gid)
 		if err != nil {
 			return d, err
 		}

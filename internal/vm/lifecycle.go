@@ -222,6 +222,13 @@ func removeState(s StateDir) error {
 			return err
 		}
 	}
+	socks, _ := filepath.Glob(filepath.Join(s.Sockets(), "*.sock"))
+	for _, f := range socks {
+		os.Remove(f)
+	}
+	if err := os.Remove(s.Sockets()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("vm %s: %w", s.Name, err)
+	}
 	if err := os.Remove(s.Path()); err != nil {
 		left, _ := filepath.Glob(filepath.Join(s.Path(), "*"))
 		return fmt.Errorf("vm %s: state removed, but %s holds other files: %v", s.Name, s.Path(), left)

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/credvm/credvm/internal/cred"
@@ -106,7 +109,21 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 		console = io.MultiWriter(logFile, lastLines, spoke, o.Console)
 	}
 
-	devs, err := setUpDevices(m, o.State.Path(), os.Getuid(), os.Getgid(), notice)
+	as, why, err := hypervisor.ResolveUser(m.VM.User)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", m.Name, err)
+	}
+	if why != "" && o.Verbose {
+		notice("%s", why)
+	}
+	uid, gid := as.IDs()
+	if err := o.State.EnsureSockets(uid, gid); err != nil {
+		return nil, err
+	}
+	if err := checkReadable(m, as); err != nil {
+		return nil, err
+	}
+	devs, err := setUpDevices(m, o.State.Path(), o.State.Sockets(), uid, gid, notice)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +131,7 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 
 	notice("%s via %s: %s", words.Plural(len(plan.Credentials)-1, "credential", "credentials"), plan.Transport, plan.Why)
 	launch := hypervisor.Launch{
-		Name: m.Name, VM: devs.vm, Plan: plan, Dir: o.State.Path(),
+		Name: m.Name, VM: devs.vm, Plan: plan, Dir: o.State.Sockets(), As: as,
 		Console: console, Notice: notice, NetFiles: devs.netFiles,
 	}
 	if o.Verbose {
@@ -125,7 +142,11 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	notice("%s started (pid %d); console log %s; Ctrl-C powers the guest off", drv.Name(), inst.PID(), o.State.Console())
+	runsAs := ""
+	if as != nil {
+		runsAs = " as " + as.Name
+	}
+	notice("%s started (pid %d%s); console log %s; Ctrl-C powers the guest off", drv.Name(), inst.PID(), runsAs, o.State.Console())
 	rec := &RunRecord{State: RunRunning, Supervisor: os.Getpid(), Hypervisor: drv.Name(), HypervisorPID: inst.PID(), Started: time.Now().UTC(),
 		ConfigHash: o.ConfigHash, VarsHash: o.VarsHash, Transport: string(plan.Transport), ShutdownTimeout: Duration(o.ShutdownTimeout)}
 	if err := o.State.SaveRunRecord(rec); err != nil {
@@ -283,6 +304,65 @@ func checkPaths(m *spec.Machine) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkReadable names the boot files an unprivileged hypervisor could not
+// read (disks and volumes reach it as open descriptors; the kernel and
+// initrd it opens itself).
+func checkReadable(m *spec.Machine, as *hypervisor.Identity) error {
+	if as == nil {
+		return nil
+	}
+	var errs []error
+	for what, p := range map[string]string{"kernel": m.VM.Kernel, "initrd": m.VM.Initrd} {
+		if p == "" {
+			continue
+		}
+		if err := readableBy(p, as); err != nil {
+			errs = append(errs, fmt.Errorf("vm %s: %s %s: the hypervisor runs as %s, who cannot read it (%v): make it readable (chmod o+r, and o+x on its directories), or set [vm] user = \"root\"", m.Name, what, p, as.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// readableBy reports whether the identity can read p, by the mode bits of
+// p and of every directory above it.
+func readableBy(p string, as *hypervisor.Identity) error {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return err
+	}
+	abs, err = filepath.EvalSymlinks(abs)
+	if err != nil {
+		return err
+	}
+	can := func(path string, bit os.FileMode) bool {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return false
+		}
+		st, _ := fi.Sys().(*syscall.Stat_t)
+		mode := fi.Mode().Perm()
+		switch {
+		case st != nil && int(st.Uid) == as.UID:
+			return mode&(bit<<6) != 0
+		case st != nil && (int(st.Gid) == as.GID || slices.Contains(as.Groups, st.Gid)):
+			return mode&(bit<<3) != 0
+		}
+		return mode&bit != 0
+	}
+	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
+		if !can(dir, 1) {
+			return fmt.Errorf("%s is not searchable", dir)
+		}
+		if dir == "/" {
+			break
+		}
+	}
+	if !can(abs, 4) {
+		return errors.New("not readable")
+	}
+	return nil
 }
 
 // checkLeftover refuses to start a second hypervisor while one from an

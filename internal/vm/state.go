@@ -49,6 +49,44 @@ func (s StateDir) File(name string) string { return filepath.Join(s.Path(), name
 // Console is the console log.
 func (s StateDir) Console() string { return s.File("console.log") }
 
+// Sockets is the directory of the hypervisor's sockets (its control
+// socket, the console's, virtiofsd's): the hypervisor's user's, 0700, so
+// that an unprivileged hypervisor can make its sockets and nothing else
+// of the state directory is within its reach.
+func (s StateDir) Sockets() string { return s.File("sockets") }
+
+// EnsureSockets creates the socket directory for uid:gid. For another
+// user than credvm's, the state directory becomes root:gid 0710: that
+// group may pass through it to the socket directory, and list or read
+// nothing else of it.
+func (s StateDir) EnsureSockets(uid, gid int) error {
+	mode, group := os.FileMode(0o700), os.Getegid()
+	if uid != os.Geteuid() {
+		mode, group = 0o710, gid
+	}
+	if err := os.Chown(s.Path(), os.Geteuid(), group); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	if err := os.Chmod(s.Path(), mode); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	p := s.Sockets()
+	if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state dir: %s is not a directory", p)
+	}
+	if err := os.Chmod(p, 0o700); err != nil {
+		return err
+	}
+	return os.Chown(p, uid, gid)
+}
+
 // Ensure creates the directory (0700; the root 0755) and refuses one that
 // is a symlink or belongs to someone else.
 func (s StateDir) Ensure() error {
@@ -72,7 +110,9 @@ func (s StateDir) Ensure() error {
 	case st != nil && int(st.Uid) != os.Geteuid():
 		return fmt.Errorf("state dir %s belongs to uid %d, not to you (uid %d)", p, st.Uid, os.Geteuid())
 	}
-	if fi.Mode().Perm() != 0o700 {
+	// 0710 is the mode EnsureSockets gives it for an unprivileged
+	// hypervisor's group to reach its socket directory.
+	if perm := fi.Mode().Perm(); perm != 0o700 && perm != 0o710 {
 		if err := os.Chmod(p, 0o700); err != nil {
 			return err
 		}

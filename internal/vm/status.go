@@ -148,7 +148,7 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 		}
 		if d, err := hypervisor.For(cur); err == nil && probe {
 			if p, ok := d.(hypervisor.Prober); ok {
-				if state, err := p.Probe(s.Path()); err == nil {
+				if state, err := p.Probe(s.Sockets()); err == nil {
 					st.HypervisorState = state
 				} else {
 					st.HypervisorState = "unreachable: " + err.Error()

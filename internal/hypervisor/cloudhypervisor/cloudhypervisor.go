@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/credvm/credvm/internal/cred"
@@ -226,7 +227,8 @@ func Config(name string, vm spec.VM, plan *cred.Plan, dir string) (*VmConfig, er
 // machine opted in to OEM strings on argv — then the whole configuration,
 // by cloud-hypervisor's option syntax.
 func Argv(name string, vm spec.VM, plan *cred.Plan, dir string) ([]string, error) {
-	a := []string{"--api-socket", "path=" + apiSocket(dir)}
+	// Its own seccomp filters, on (their default; said, not assumed).
+	a := []string{"--api-socket", "path=" + apiSocket(dir), "--seccomp", "true"}
 	if plan == nil || plan.Transport != OEMStringsArgv {
 		return a, nil
 	}
@@ -298,7 +300,9 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 			return nil, err
 		}
 	}
-	p, api, err := hypervisor.StartWithAPI(l.Name, exec.Command(Binary, args...), sock, l.Plan, func(api *hypervisor.API) error {
+	cmd := exec.Command(Binary, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: l.As.Credential()}
+	p, api, err := hypervisor.StartWithAPI(l.Name, cmd, sock, l.Plan, func(api *hypervisor.API) error {
 		if cfg != nil {
 			if err := api.Do("PUT", "/api/v1/vm.create", cfg, nil); err != nil {
 				return err

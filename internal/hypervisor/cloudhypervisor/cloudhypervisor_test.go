@@ -183,11 +183,11 @@ func TestArgvForm(t *testing.T) {
 		}
 	}
 
-	// Without the opt-in: nothing but the API socket on argv.
+	// Without the opt-in: nothing but the API socket (and seccomp on) on argv.
 	m2 := machine(t, "")
 	p2, _ := Driver{}.Plan(m2, creds())
 	argv2, _ := Argv(m2.Name, m2.VM, p2, "/state/vm1")
-	if strings.Join(argv2, " ") != "--api-socket path=/state/vm1/ch.sock" {
+	if strings.Join(argv2, " ") != "--api-socket path=/state/vm1/ch.sock --seccomp true" {
 		t.Errorf("argv without opt-in: %q", argv2)
 	}
 }
@@ -276,7 +276,7 @@ func TestStartAgainstDouble(t *testing.T) {
 		for _, r := range rs {
 			switch r.Kind {
 			case "argv":
-				if strings.Join(r.Argv, " ") != "--api-socket path="+apiSocket(dir) {
+				if strings.Join(r.Argv, " ") != "--api-socket path="+apiSocket(dir)+" --seccomp true" {
 					t.Errorf("argv: %q", r.Argv)
 				}
 			case "request":

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/credvm/credvm/internal/cred"
@@ -182,6 +183,7 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 	}
 	cmd := exec.Command(Binary, "--api-sock", sock)
 	cmd.Stdout = l.Console // firecracker's stdout is the guest's serial console
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: l.As.Credential()}
 	p, api, err := hypervisor.StartWithAPI(l.Name, cmd, sock, l.Plan, func(api *hypervisor.API) error {
 		for _, r := range reqs {
 			if err := api.Do(r.Method, r.Path, r.Body, nil); err != nil {

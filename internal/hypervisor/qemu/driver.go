@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -107,9 +108,36 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 		netFDs[i] = 3 + len(files) + 1 + len(netFiles)
 		netFiles = append(netFiles, l.NetFiles[i])
 	}
+	// Then, for an unprivileged QEMU, the disks, opened here: it could not
+	// open them itself.
+	// QEMU takes from a disk's fd set the descriptor whose access mode it
+	// asks for, read-only to probe and read-write to run: a writable disk
+	// gets one of each.
+	diskFDs := map[int][]int{}
+	var diskFiles []*os.File
+	if l.As != nil {
+		for i, d := range l.VM.Disks {
+			flags := []int{os.O_RDONLY}
+			if !d.ReadOnly {
+				flags = append(flags, os.O_RDWR)
+			}
+			for _, flag := range flags {
+				f, err := os.OpenFile(d.Image, flag, 0)
+				if err != nil {
+					consoleR.Close()
+					consoleW.Close()
+					closeAll(diskFiles)
+					return nil, fmt.Errorf("vm %s: disk %s: %w", l.Name, d.Image, err)
+				}
+				diskFDs[i] = append(diskFDs[i], 3+len(files)+1+len(netFiles)+len(diskFiles))
+				diskFiles = append(diskFiles, f)
+			}
+		}
+	}
+	defer closeAll(diskFiles)
 	args, err := Args(Config{
 		Name: l.Name, VM: l.VM, Plan: l.Plan, Accel: accel.Name, QMP: sock, StateDir: l.Dir, ConsoleSocket: consoleSock,
-		Console: fmt.Sprintf("/dev/fd/%d", 3+len(files)), HostKHz: HostKHz(), NetFDs: netFDs,
+		Console: fmt.Sprintf("/dev/fd/%d", 3+len(files)), HostKHz: HostKHz(), NetFDs: netFDs, DiskFDs: diskFDs,
 	}, 3)
 	if err != nil {
 		consoleR.Close()
@@ -117,7 +145,15 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 		return nil, err
 	}
 	cmd := exec.Command(Binary, args...)
-	cmd.ExtraFiles = append(append(append([]*os.File{}, files...), consoleW), netFiles...)
+	cmd.ExtraFiles = append(append(append(append([]*os.File{}, files...), consoleW), netFiles...), diskFiles...)
+	if l.As != nil {
+		// QEMU reopens /dev/fd/N, which checks the inode's owner.
+		uid, gid := l.As.IDs()
+		for _, f := range append(files, consoleW) {
+			f.Chown(uid, gid)
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: l.As.Credential()}
+	}
 	if l.Detail != nil {
 		// Never a secret on it: credentials go by inherited descriptors.
 		l.Detail("%s %s", Binary, strings.Join(args, " "))
@@ -207,4 +243,10 @@ func (Driver) Probe(dir string) (string, error) {
 		return "", err
 	}
 	return r.Return.Status, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }

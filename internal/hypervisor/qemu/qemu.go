@@ -45,6 +45,10 @@ type Config struct {
 	// NetFDs are, by interface index, the inherited descriptors of
 	// macvtaps.
 	NetFDs map[int]int
+	// DiskFDs are, by disk index, inherited descriptors of the disks'
+	// images, passed through fd sets (-add-fd) to a QEMU that could not
+	// open them itself; a disk without any is opened by path.
+	DiskFDs map[int][]int
 	// HostKHz is the host TSC frequency, passed to microvm guests under
 	// TCG (tsc_early_khz) where TSC calibration otherwise hangs.
 	HostKHz int
@@ -73,6 +77,9 @@ func Args(c Config, firstFD int) ([]string, error) {
 		"-chardev", consoleChardev(c),
 		"-serial", "chardev:console",
 		"-qmp", "unix:" + Escape(c.QMP) + ",server=on,wait=off",
+		// QEMU's seccomp filter: no obsolete system calls, no setuid or
+		// setgid, no fork or exec, no scheduler or resource changes.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 	}
 	if c.Accel == "kvm" {
 		a = append(a, "-cpu", "host")
@@ -114,7 +121,14 @@ func Args(c Config, firstFD int) ([]string, error) {
 	}
 	for i, d := range vm.Disks {
 		id := fmt.Sprintf("disk%d", i)
-		drive := "file=" + Escape(d.Image) + ",format=" + d.Format + ",if=none,id=" + id
+		file := Escape(d.Image)
+		if fds := c.DiskFDs[i]; len(fds) > 0 {
+			for _, fd := range fds {
+				a = append(a, "-add-fd", fmt.Sprintf("fd=%d,set=%d", fd, i+1))
+			}
+			file = fmt.Sprintf("/dev/fdset/%d", i+1)
+		}
+		drive := "file=" + file + ",format=" + d.Format + ",if=none,id=" + id
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		}

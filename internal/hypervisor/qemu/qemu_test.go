@@ -95,3 +95,30 @@ func TestSocketPathOK(t *testing.T) {
 		t.Errorf("long path: %v", err)
 	}
 }
+
+// TestArgsUnprivileged: QEMU's seccomp sandbox is always on; disks given
+// as descriptors go through fd sets; a macvtap by its descriptor; the
+// console is a socket that also logs.
+func TestArgsUnprivileged(t *testing.T) {
+	vm := spec.VM{Machine: "q35", Vcpu: 1, Mem: 256, Kernel: "/k",
+		Disks:      []spec.Disk{{Image: "/d.img", Format: "raw"}, {Image: "/ro.img", Format: "raw", ReadOnly: true}},
+		Interfaces: []spec.Interface{{Type: "macvtap", ID: "mv0", Link: "eth0", MAC: "02:00:00:00:00:09"}, {Type: "tap", ID: "tap0"}}}
+	args, err := Args(Config{Name: "vm1", VM: vm, Accel: "tcg", QMP: "/s/qmp.sock", Console: "/dev/fd/9", ConsoleSocket: "/s/console.sock",
+		DiskFDs: map[int][]int{0: {20, 21}, 1: {22}}, NetFDs: map[int]int{0: 19}}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(args, " ")
+	for _, want := range []string{
+		"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-add-fd fd=20,set=1 -add-fd fd=21,set=1 -drive file=/dev/fdset/1,format=raw,if=none,id=disk0",
+		"-add-fd fd=22,set=2 -drive file=/dev/fdset/2,format=raw,if=none,id=disk1,readonly=on",
+		"-netdev tap,id=net0,fd=19,vnet_hdr=on", "-device virtio-net-pci,netdev=net0,mac=02:00:00:00:00:09",
+		"-netdev tap,id=net1,ifname=tap0,script=no,downscript=no,vnet_hdr=on",
+		"-chardev socket,id=console,path=/s/console.sock,server=on,wait=off,logfile=/dev/fd/9",
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("missing %q in\n%s", want, joined)
+		}
+	}
+}
