@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/guest"
+	"github.com/credvm/credvm/internal/receipt"
 )
 
 func newGuestCmd(g *globals) *cobra.Command {
@@ -47,7 +48,29 @@ CGO_ENABLED=0 to get a static binary that runs in any guest.`,
 		}
 		return nil
 	})
-	cmd.AddCommand(list, verify)
+	report := newGuestReadCmd("report", "Verify the credentials and send the result to the host (credvm's io.credvm.0 port): booted, each credential ok/missing/cut, ready", func(creds []guest.Found) error {
+		ok := guest.Report(g.stdout, creds, false)
+		port, err := receipt.FindPort("/")
+		if err != nil {
+			return err
+		}
+		if err := receipt.Send(port, receipt.FromVerify(creds)); err != nil {
+			return fmt.Errorf("sending the receipt to the host through %s: %w", port, err)
+		}
+		fmt.Fprintf(g.stdout, "%sreceipt sent\n", guest.ReportPrefix)
+		if !ok {
+			return &exitError{code: 1}
+		}
+		return nil
+	})
+	report.Long = `Verify the credentials that arrived against credvm's manifest, print the
+result as verify does, and send it to the host over the virtio-serial port
+io.credvm.0 that credvm gives every QEMU VM: that the guest booted, each
+credential's status (ok, missing, cut, differs — never a value), and that
+it is ready. The host shows it in list and status ("verified",
+"credentials cut: NAME"), tells systemd the VM is ready, and rotate waits
+for it. The guest image runs it once, after multi-user.target.`
+	cmd.AddCommand(list, verify, report)
 	return cmd
 }
 

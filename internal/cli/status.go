@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -63,6 +64,9 @@ func (g *globals) printStatus(st *vm.Status) {
 	fmt.Fprintf(w, "%s: %s\n", st.Name, st.Status)
 	if st.Running {
 		fmt.Fprintf(w, "  running: supervisor pid %d, %s pid %d, since %s\n", st.SupervisorPID, st.Hypervisor, st.HypervisorPID, st.Run.Started.Local().Format(time.RFC3339))
+		if st.Delivery != "" {
+			fmt.Fprintf(w, "  credentials: %s\n", st.Delivery)
+		}
 		if st.HypervisorState != "" {
 			fmt.Fprintf(w, "  hypervisor reports: %s\n", st.HypervisorState)
 		}
@@ -194,6 +198,9 @@ func (g *globals) printList(rows []vm.Listed) error {
 		running := "no"
 		if r.Status.Running {
 			running = fmt.Sprintf("yes (pid %d)", r.Status.SupervisorPID)
+			if d := r.Status.Delivery; d != "" {
+				running += ", " + strings.TrimSuffix(d, " (no receipt from the guest yet)")
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, running, colorize(g.stdout, r.Status.Status), r.Status.Fix)
 	}

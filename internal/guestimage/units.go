@@ -5,7 +5,8 @@ package guestimage
 // UserInitrd):
 //
 //   - the user's guest (credvm image) stays up: credvm-report.service
-//     prints and verifies the credentials that arrived on the console, and
+//     prints and verifies the credentials that arrived on the console and
+//     sends the result to the host (credvm guest report), and
 //     root is logged in on the serial console (only the
 //     VM's owner can reach it: it is connected to credvm, in their 0700
 //     state directory);
@@ -31,15 +32,16 @@ var overlayFiles = []string{
 
 const userReportUnit = `[Unit]
 Description=Show and verify the credentials credvm passed
-After=systemd-udev-settle.service
+After=systemd-udev-settle.service multi-user.target
 Documentation=https://github.com/credvm/credvm
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
 # Names, sizes and digests only, never values; exit 1 names a credential
-# that is missing or cut.
-ExecStart=/usr/local/bin/credvm guest verify --source system
+# that is missing or cut. The result goes to the host too (io.credvm.0):
+# list and status show it, rotate waits for it.
+ExecStart=/usr/local/bin/credvm guest report --source system
 StandardOutput=tty
 TTYPath=/dev/ttyS0
 
@@ -79,7 +81,7 @@ After=app.service systemd-udev-settle.service
 
 [Service]
 Type=oneshot
-ExecStart=/usr/local/bin/credvm guest verify --source system
+ExecStart=/usr/local/bin/credvm guest report --source system
 StandardOutput=tty
 TTYPath=/dev/ttyS0
 # Power off once the report is out, whatever it says (systemctl -ff needs

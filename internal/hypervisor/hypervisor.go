@@ -97,6 +97,11 @@ type Launch struct {
 // backends that offer one (QEMU).
 func ConsoleSocket(dir string) string { return filepath.Join(dir, "console.sock") }
 
+// ReceiptSocket is where the guest's word comes back (package receipt):
+// the unix socket behind its io.credvm.0 port, made by the backends that
+// offer one (QEMU).
+func ReceiptSocket(dir string) string { return filepath.Join(dir, "receipt.sock") }
+
 // Instance is a running hypervisor.
 type Instance interface {
 	PID() int

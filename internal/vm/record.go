@@ -9,6 +9,7 @@ import (
 
 	"github.com/credvm/credvm/internal/atomicfile"
 	"github.com/credvm/credvm/internal/lock"
+	"github.com/credvm/credvm/internal/receipt"
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 )
@@ -60,6 +61,9 @@ type RunRecord struct {
 	// LastConsole holds the console's last lines when the run failed.
 	LastConsole []string `json:"last_console,omitempty"`
 	Error       string   `json:"error,omitempty"`
+	// Receipt is the guest's last word about its credentials (package
+	// receipt), when it sent one.
+	Receipt *receipt.Receipt `json:"receipt,omitempty"`
 }
 
 // UnmarshalJSON reads run.json, also as credvm ≤ 0.9 wrote it: the

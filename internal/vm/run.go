@@ -16,6 +16,7 @@ import (
 	"github.com/credvm/credvm/internal/cred"
 	"github.com/credvm/credvm/internal/hypervisor"
 	"github.com/credvm/credvm/internal/lock"
+	"github.com/credvm/credvm/internal/receipt"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/tail"
 	"github.com/credvm/credvm/internal/words"
@@ -36,6 +37,8 @@ type bootOptions struct {
 	// Started, if set, is called with the hypervisor's pid once it has
 	// settled: it has run for a moment, or the guest has printed.
 	Started func(pid int, hypervisor string)
+	// Receipt, if set, is called with each receipt the guest sends.
+	Receipt func(receipt.Receipt)
 	// ConfigHash and VarsHash are recorded in run.json as what the VM
 	// booted with.
 	ConfigHash, VarsHash string
@@ -153,7 +156,21 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 		notice("cannot record the run: %v", err)
 	}
 	exited := make(chan hypervisor.Exit, 1)
-	go func() { exited <- inst.Wait() }()
+	waited := make(chan struct{})
+	go func() { exited <- inst.Wait(); close(waited) }()
+	var recMu sync.Mutex // the receipt watcher writes rec too
+	go watchReceipts(hypervisor.ReceiptSocket(o.State.Sockets()), plan, waited, func(rc receipt.Receipt) {
+		recMu.Lock()
+		rec.Receipt = &rc
+		if err := o.State.SaveRunRecord(rec); err != nil {
+			notice("cannot record the guest's receipt: %v", err)
+		}
+		recMu.Unlock()
+		notice("the guest's receipt: %s", rc.Summary())
+		if o.Receipt != nil {
+			o.Receipt(rc)
+		}
+	})
 	exit, early := settle(ctx, exited, spoke.ch)
 	if o.Started != nil && (!early || exit.Code == 0 && exit.Signal == "") {
 		o.Started(inst.PID(), drv.Name())
@@ -182,6 +199,8 @@ func boot(ctx context.Context, o bootOptions) (*Result, error) {
 	}
 
 	res := &Result{ExitCode: exit.Code, Signal: exit.Signal}
+	recMu.Lock()
+	defer recMu.Unlock()
 	rec.Ended, rec.ExitCode, rec.Signal, rec.State = time.Now().UTC(), res.ExitCode, res.Signal, RunExited
 	if res.ExitCode != 0 {
 		msg := exit.Stderr

@@ -49,6 +49,9 @@ type Status struct {
 	// ConfigHash identifies the VM's current configuration.
 	ConfigHash string     `json:"current_config,omitempty"`
 	Run        *RunRecord `json:"last_run,omitempty"`
+	// Delivery is what the running guest said of its credentials:
+	// "verified", "credentials cut: NAME", "unverified (…)".
+	Delivery string `json:"delivery,omitempty"`
 	// HypervisorState is what the running hypervisor itself reports.
 	HypervisorState string `json:"hypervisor_state,omitempty"`
 	ConsoleLog      string `json:"console_log"`
@@ -116,6 +119,10 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 	st.Run = rec
 	if rec != nil && st.Running {
 		st.Hypervisor, st.HypervisorPID = rec.Hypervisor, rec.HypervisorPID
+		st.Delivery = rec.Receipt.Summary()
+		if rec.Receipt == nil {
+			st.Delivery = "unverified (no receipt from the guest yet)"
+		}
 	}
 
 	// Outdated: the repository moved on since `update`.

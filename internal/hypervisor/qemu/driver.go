@@ -72,6 +72,11 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 		consoleSock = "" // too long a path: the log only, no attaching
 	}
 	os.Remove(consoleSock)
+	receiptSock := hypervisor.ReceiptSocket(l.Dir)
+	if hypervisor.SocketPathOK(receiptSock) != nil {
+		receiptSock = ""
+	}
+	os.Remove(receiptSock)
 	accel, err := ChooseAccel(l.VM.Accel)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", l.Name, err)
@@ -136,7 +141,7 @@ func (Driver) Start(l hypervisor.Launch) (hypervisor.Instance, error) {
 	}
 	defer closeAll(diskFiles)
 	args, err := Args(Config{
-		Name: l.Name, VM: l.VM, Plan: l.Plan, Accel: accel.Name, QMP: sock, StateDir: l.Dir, ConsoleSocket: consoleSock,
+		Name: l.Name, VM: l.VM, Plan: l.Plan, Accel: accel.Name, QMP: sock, StateDir: l.Dir, ConsoleSocket: consoleSock, ReceiptSocket: receiptSock,
 		Console: fmt.Sprintf("/dev/fd/%d", 3+len(files)), HostKHz: HostKHz(), NetFDs: netFDs, DiskFDs: diskFDs,
 	}, 3)
 	if err != nil {
@@ -187,6 +192,7 @@ func (in *instance) Wait() hypervisor.Exit {
 	<-in.copied
 	os.Remove(in.sock)
 	os.Remove(hypervisor.ConsoleSocket(filepath.Dir(in.sock)))
+	os.Remove(hypervisor.ReceiptSocket(filepath.Dir(in.sock)))
 	return e
 }
 

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/credvm/credvm/internal/cred"
+	"github.com/credvm/credvm/internal/receipt"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -42,6 +43,8 @@ type Config struct {
 	StateDir string
 	// ConsoleSocket is where `credvm console` attaches ("": no socket).
 	ConsoleSocket string
+	// ReceiptSocket backs the guest's io.credvm.0 port ("": no port).
+	ReceiptSocket string
 	// NetFDs are, by interface index, the inherited descriptors of
 	// macvtaps.
 	NetFDs map[int]int
@@ -183,6 +186,13 @@ func Args(c Config, firstFD int) ([]string, error) {
 	}
 	if vm.VsockCID != 0 {
 		a = append(a, "-device", fmt.Sprintf("%s,guest-cid=%d", dev("vhost-vsock-pci", "vhost-vsock-device"), vm.VsockCID))
+	}
+	if c.ReceiptSocket != "" {
+		// The guest's word back (package receipt): a virtio-serial port,
+		// which needs no vhost module on the host.
+		a = append(a, "-chardev", "socket,id=credvm-receipt,path="+Escape(c.ReceiptSocket)+",server=on,wait=off",
+			"-device", dev("virtio-serial-pci", "virtio-serial-device")+",id=credvm-serial",
+			"-device", "virtserialport,bus=credvm-serial.0,chardev=credvm-receipt,name="+receipt.PortName)
 	}
 
 	if c.Plan != nil {
