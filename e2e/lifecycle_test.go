@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -277,11 +278,24 @@ func TestSystemdUnit(t *testing.T) {
 	if err != nil {
 		t.Fatalf("run --systemd: %v\n%s", err, out)
 	}
-	conn.SetReadDeadline(time.Now().Add(time.Second))
-	buf := make([]byte, 4096)
-	n, _, err := conn.ReadFromUnix(buf)
-	if err != nil || !strings.Contains(string(buf[:n]), "READY=1") || !strings.Contains(string(buf[:n]), "STATUS=qemu running (pid ") {
-		t.Errorf("notify socket got %q, %v", buf[:n], err)
+	// READY=1 comes with the guest's receipt (ready = "receipt"): after a
+	// status saying the VM waits for it.
+	var got []string
+	for {
+		conn.SetReadDeadline(time.Now().Add(time.Second))
+		buf := make([]byte, 4096)
+		n, _, err := conn.ReadFromUnix(buf)
+		if err != nil {
+			break
+		}
+		got = append(got, string(buf[:n]))
+	}
+	all := strings.Join(got, "\n--\n")
+	if !strings.Contains(all, "STATUS=qemu running (pid ") || !strings.Contains(all, "waiting for the guest's receipt") {
+		t.Errorf("notify socket got no waiting status:\n%s", all)
+	}
+	if i := slices.IndexFunc(got, func(m string) bool { return strings.Contains(m, "READY=1") }); i < 0 || !strings.Contains(got[i], "STATUS=running, credentials verified") {
+		t.Errorf("notify socket got no READY=1 with the verified receipt:\n%s", all)
 	}
 	console, _ := os.ReadFile(filepath.Join(r.state, name, "console.log"))
 	if !strings.Contains(string(console), sha([]byte(want))+" KEY") {

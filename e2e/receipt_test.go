@@ -58,6 +58,7 @@ func TestReceipt(t *testing.T) {
 				if guest == "fast" && tc.name == "ok" {
 					r.credvm("create", "ok", "--state-dir", r.state)
 					r.credvm("start", "ok", "--state-dir", r.state, "--shutdown-timeout", "2s")
+					t.Cleanup(func() { r.credvmErr("stop", "ok", "--state-dir", r.state) })
 					if got := r.waitDelivery(t, "ok"); got != tc.want {
 						t.Errorf("%s: delivery %q, want %q", tc.name, got, tc.want)
 					}
@@ -77,5 +78,36 @@ func TestReceipt(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRotateWaitsForReceipt: rotate's default health check is the guest's
+// receipt of the new credentials; one the guest reports cut fails it.
+func TestRotateWaitsForReceipt(t *testing.T) {
+	needGuests(t)
+	t.Parallel()
+	r := newRepo(t)
+	// 5,000 bytes of hex over SMBIOS to a guest wrongly declared newer
+	// than systemd 252, which reads 4 KiB of it.
+	r.machine("rot", fastGuest("credvm.idle", "guest_systemd = 257")+`
+[vars.generators.big]
+script = 'head -c 2500 /dev/urandom | od -An -tx1 | tr -d " \n" > "$out/v"'
+files.v = {}
+[credentials]
+BIG = { var = "big/v" }
+`)
+	r.credvm("vars", "generate", "rot")
+	r.credvm("create", "rot", "--state-dir", r.state)
+	r.credvm("start", "rot", "--state-dir", r.state, "--shutdown-timeout", "2s")
+	t.Cleanup(func() { r.credvmErr("stop", "rot", "--state-dir", r.state) })
+	if got := r.waitDelivery(t, "rot"); got != "credentials cut: BIG" {
+		t.Fatalf("delivery %q, want the cut named", got)
+	}
+	if list := r.credvm("list", "--state-dir", r.state); !strings.Contains(list, "credentials cut: BIG") {
+		t.Errorf("list does not name the cut:\n%s", list)
+	}
+	out, err := r.credvmErr("rotate", "rot", "--state-dir", r.state)
+	if err == nil || !strings.Contains(out, "vm rot: its guest reports credentials cut: BIG") {
+		t.Errorf("rotate passed its health check on a cut credential: %v\n%s", err, out)
 	}
 }

@@ -176,6 +176,13 @@ type VM struct {
 
 	// Health says how `credvm rotate` knows a restarted VM is healthy.
 	Health Health `toml:"health" json:"health"`
+	// Ready says when a VM counts as up: "receipt" (default on QEMU:
+	// when its guest says its credentials arrived — package receipt —
+	// or, from a guest that never says, after ReadyTimeout, marked
+	// unverified) or "started" (once the hypervisor runs).
+	Ready        string `toml:"ready" json:"ready"`
+	ReadyTimeout string `toml:"ready_timeout" json:"ready_timeout"`
+	readyTimeout time.Duration
 
 	// CloudHypervisor holds settings only that backend reads.
 	CloudHypervisor CloudHypervisor `toml:"cloud_hypervisor" json:"cloud_hypervisor"`
@@ -194,6 +201,15 @@ type Health struct {
 
 	console *regexp.Regexp
 	timeout time.Duration
+}
+
+// ReadyWait is how long a VM with ready = "receipt" waits for its
+// guest's word (default 2 minutes).
+func (vm *VM) ReadyWait() time.Duration {
+	if vm.readyTimeout == 0 {
+		return 2 * time.Minute
+	}
+	return vm.readyTimeout
 }
 
 // ConsoleRe is the compiled console pattern (nil when none).

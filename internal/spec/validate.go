@@ -356,6 +356,22 @@ func (vm *VM) validate(add ProblemFunc, dir string) {
 			}
 		}
 	}
+	if vm.Ready == "" {
+		vm.Ready = "receipt"
+		if vm.Hypervisor != "" && vm.Hypervisor != "qemu" {
+			vm.Ready = "started" // their guests have no port to say it yet
+		}
+	}
+	if !oneOf(vm.Ready, "receipt", "started") {
+		add("vm.ready", "unknown ready %q: use \"receipt\" (the guest says its credentials arrived) or \"started\" (the hypervisor runs)", vm.Ready)
+	}
+	if vm.ReadyTimeout != "" {
+		d, err := time.ParseDuration(vm.ReadyTimeout)
+		if err != nil || d <= 0 {
+			add("vm.ready_timeout", "invalid duration %q: write one such as \"90s\"", vm.ReadyTimeout)
+		}
+		vm.readyTimeout = d
+	}
 	h := &vm.Health
 	h.timeout = 60 * time.Second
 	if h.Timeout != "" {

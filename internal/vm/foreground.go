@@ -7,10 +7,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/credvm/credvm/internal/receipt"
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
@@ -128,14 +130,28 @@ func Run(ctx context.Context, o RunOptions) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	ready := &readiness{}
 	res, err = boot(ctx, bootOptions{
 		Machine: t.Machine, Credentials: creds, State: o.State,
 		Console: o.Console, Notices: o.Notices, ShutdownTimeout: o.ShutdownTimeout,
 		ConfigHash: t.ConfigHash, VarsHash: VarsHash(e, t.Machine), Verbose: o.Verbose,
 		Started: func(pid int, hypervisor string) {
 			hs.started(pid, hypervisor)
+			if !o.Systemd {
+				return
+			}
+			if t.Machine.VM.Ready != "receipt" {
+				ready.notify(fmt.Sprintf("STATUS=%s running (pid %d)", hypervisor, pid))
+				return
+			}
+			daemon.SdNotify(false, fmt.Sprintf("MAINPID=%d\nSTATUS=%s running (pid %d), waiting for the guest's receipt", os.Getpid(), hypervisor, pid))
+			time.AfterFunc(t.Machine.VM.ReadyWait(), func() {
+				ready.notify(fmt.Sprintf("STATUS=%s running (pid %d), credentials unverified: no receipt from the guest in %s", hypervisor, pid, t.Machine.VM.ReadyWait()))
+			})
+		},
+		Receipt: func(rc receipt.Receipt) {
 			if o.Systemd {
-				daemon.SdNotify(false, fmt.Sprintf("READY=1\nMAINPID=%d\nSTATUS=%s running (pid %d)", os.Getpid(), hypervisor, pid))
+				ready.notify("STATUS=running, credentials " + rc.Summary())
 			}
 		},
 	})
@@ -157,4 +173,15 @@ func systemdMachineKey() string {
 		return ""
 	}
 	return p
+}
+
+// readiness sends systemd READY=1 once: when the guest's receipt comes,
+// or the wait for it ends (ready = "receipt"), or the hypervisor runs
+// (ready = "started").
+type readiness struct{ once sync.Once }
+
+func (r *readiness) notify(status string) {
+	r.once.Do(func() {
+		daemon.SdNotify(false, fmt.Sprintf("READY=1\nMAINPID=%d\n%s", os.Getpid(), status))
+	})
 }

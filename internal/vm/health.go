@@ -32,6 +32,9 @@ const noCheckGrace = 3 * time.Second
 func WaitHealthy(s StateDir, m *spec.Machine, offset int64) error {
 	h := &m.VM.Health
 	deadline := time.Now().Add(h.CheckTimeout())
+	if h.ConsoleRe() == nil && h.TCP == "" && m.VM.Ready == "receipt" {
+		return waitReceipt(s, m)
+	}
 	if h.ConsoleRe() == nil && h.TCP == "" {
 		time.Sleep(noCheckGrace)
 		if running, _ := s.Running(); !running {
@@ -83,4 +86,28 @@ func joinAnd(s []string) string {
 		return s[0]
 	}
 	return s[0] + " and " + s[1]
+}
+
+// waitReceipt is the default health check of a VM whose guest reports
+// (ready = "receipt"): its receipt for this run says every credential
+// arrived whole. A cut or missing credential fails at once; a guest that
+// says nothing within ready_timeout is healthy if it still runs, and
+// unverified.
+func waitReceipt(s StateDir, m *spec.Machine) error {
+	deadline := time.Now().Add(m.VM.ReadyWait())
+	for {
+		if running, _ := s.Running(); !running {
+			return fmt.Errorf("vm %s stopped before its guest reported its credentials", m.Name)
+		}
+		if rec, err := s.RunRecord(); err == nil && rec != nil && rec.Receipt != nil {
+			if rec.Receipt.Verified() {
+				return nil
+			}
+			return fmt.Errorf("vm %s: its guest reports %s", m.Name, rec.Receipt.Summary())
+		}
+		if time.Now().After(deadline) {
+			return nil // unverified: status says so
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
