@@ -36,6 +36,31 @@ Restart=on-failure
 RestartSec=5s
 NoNewPrivileges=yes
 PrivateTmp=yes
+# Hardening that still lets credvm run VMs: it creates taps (netlink),
+# starts virtiofsd (namespaces, mounts), drops the hypervisor to its user,
+# and opens the devices below. Not MemoryDenyWriteExecute (QEMU's TCG
+# generates code), not RestrictNamespaces (virtiofsd's sandbox).
+ProtectSystem=full
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+LockPersonality=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+SystemCallArchitectures=native
+DevicePolicy=closed
+DeviceAllow=/dev/kvm rw
+DeviceAllow=/dev/net/tun rw
+DeviceAllow=/dev/vhost-net rw
+DeviceAllow=/dev/vhost-vsock rw
+DeviceAllow=/dev/fuse rw
+DeviceAllow=char-macvtap rw
+# ProtectHome= would hide keys and repositories under /home and /root:
+# use it only when the machine key comes as the credential below.
+#ProtectHome=read-only
 # To decrypt with the machine's own key instead of a user key, store it
 # encrypted with systemd-creds and pass it as the credential "age-key":
 #LoadCredentialEncrypted=age-key:/etc/credstore.encrypted/credvm-%i.age-key
