@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -243,5 +245,33 @@ does: what you type goes to the guest (the terminal is in raw mode, so
 Ctrl-C reaches the guest's shell), what the guest prints comes back, and
 the console log is still written. Ctrl-] detaches and leaves the VM
 running. One terminal at a time. QEMU VMs; for the others, logs -f.`
+	return cmd
+}
+
+func newSSHCmd(g *globals) *cobra.Command {
+	var user string
+	cmd := &cobra.Command{
+		Use:   "ssh NAME [-- SSH-ARGS...]",
+		Short: "ssh into a running VM over its vsock (systemd ≥ 256 in the guest, systemd-ssh-proxy on the host)",
+		Long: `Run ssh to a running VM over its vsock — user@vsock/CID through systemd's
+systemd-ssh-proxy — with no network and no address: the guest's systemd
+(256 or newer) puts sshd on vsock by itself. It needs the VM's vsock_cid,
+the host's /dev/vhost-vsock and systemd-ssh-proxy; without one of them it
+says which is missing, and what to do.`,
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: vmCompletion(g),
+		RunE: func(_ *cobra.Command, args []string) error {
+			argv, err := vm.SSHArgv(g.state(args[0]), user, args[1:])
+			if err != nil {
+				return err
+			}
+			ssh, err := exec.LookPath(argv[0])
+			if err != nil {
+				return fmt.Errorf("ssh is not installed (apt-get install openssh-client)")
+			}
+			return syscall.Exec(ssh, argv, os.Environ())
+		},
+	}
+	cmd.Flags().StringVarP(&user, "login", "l", "root", "the guest user to log in as")
 	return cmd
 }

@@ -14,6 +14,7 @@ import (
 	_ "github.com/credvm/credvm/internal/hypervisor/drivers" // machine files name a hypervisor
 	"github.com/credvm/credvm/internal/lock"
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/testenv"
 )
 
@@ -342,5 +343,31 @@ func TestStatusVarsNotReady(t *testing.T) {
 	}
 	if len(st.Reasons) != 1 || st.Reasons[0] != "vars not ready, so a start would be refused: g missing" {
 		t.Errorf("reasons %q", st.Reasons)
+	}
+}
+
+func TestSSHMissing(t *testing.T) {
+	all := func(string) bool { return true }
+	none := func(string) bool { return false }
+	for _, tc := range []struct {
+		name string
+		vm   spec.VM
+		has  func(string) bool
+		want string
+	}{
+		{"ready", spec.VM{VsockCID: 20, GuestSystemd: 256}, all, ""},
+		{"nothing", spec.VM{}, none, "vm m: cannot ssh over vsock: the VM has no vsock: set vsock_cid = 3 (or more, unique on the host) in [vm] and `credvm update -R m`; the host has no /dev/vhost-vsock: modprobe vhost_vsock (it needs KVM's host side); the host has no /usr/lib/systemd/systemd-ssh-proxy (systemd ≥ 256): install a newer systemd, or reach the guest over its network; the guest's systemd must be 256 or newer (it puts sshd on vsock): declare guest_systemd in [vm] when it is"},
+		{"old guest", spec.VM{VsockCID: 20, GuestSystemd: 252}, all, "vm m: cannot ssh over vsock: the guest's systemd must be 256 or newer (it puts sshd on vsock): declare guest_systemd in [vm] when it is"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := sshMissing(&spec.Machine{Name: "m", VM: tc.vm}, tc.has)
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tc.want {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
 	}
 }
