@@ -89,7 +89,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	archive := filepath.Join(t.TempDir(), "b.tgz")
-	created, err := Create(archive, r, state, []string{"vm1"})
+	created, err := Create(archive, r, state, []string{"vm1"}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestDamagedArchivesRestoreNothing(t *testing.T) {
 	tree(t, src, vm1Files)
 	r, _ := repo.Open(src)
 	var buf bytes.Buffer
-	if _, err := Write(&buf, r, t.TempDir(), []string{"vm1"}); err != nil {
+	if _, err := Write(&buf, r, t.TempDir(), []string{"vm1"}, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	good := buf.Bytes()

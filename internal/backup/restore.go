@@ -61,6 +61,12 @@ func checkEntry(machines []string, e Entry) error {
 		if len(parts) == 2 && slices.Contains(machines, parts[1]) && e.Type == "dir" {
 			return nil
 		}
+		if len(parts) == 3 && slices.Contains(machines, parts[1]) && parts[2] == "volumes" && e.Type == "dir" {
+			return nil
+		}
+		if len(parts) == 4 && slices.Contains(machines, parts[1]) && parts[2] == "volumes" && e.Type == "file" && spec.CheckName("volume", parts[3]) == nil {
+			return nil
+		}
 		return errors.New("not a registration of a machine of the backup")
 	}
 	rel, ok := strings.CutPrefix(e.Path, "repo/")
@@ -151,6 +157,8 @@ type RestoreOptions struct {
 	// Self are the operator's own public keys: restoring a backup of one's
 	// own makes no one new a recipient.
 	Self []string
+	// spooled are the backup's volumes, read into files of StateRoot.
+	spooled map[string]string
 }
 
 // RestoreResult says what a restore wrote.
@@ -161,6 +169,8 @@ type RestoreResult struct {
 	Changes []string `json:"changes"`
 	// NewUsers are the users the backup added.
 	NewUsers []string `json:"new_users"`
+	// Volumes are the volumes restored ("machine/image").
+	Volumes []string `json:"volumes"`
 	// Unreadable are the restored secrets the operator's keys are not a
 	// recipient of: restored as they were, nothing decrypts them for
 	// whoever restored them until someone who can runs `vars fix`.
@@ -177,16 +187,21 @@ func RestoreFile(path string, o RestoreOptions) (*RestoreResult, error) {
 		return nil, err
 	}
 	defer f.Close()
-	man, files, err := Read(f)
+	if err := os.MkdirAll(o.StateRoot, 0o755); err != nil {
+		return nil, err
+	}
+	man, files, spooled, err := ReadSpooling(f, o.StateRoot)
 	if err != nil {
 		return nil, err
 	}
+	defer removeSpooled(spooled) // what was not moved into place
 	r := o.Repo
 	l, err := r.Lock(nil)
 	if err != nil {
 		return nil, err
 	}
 	defer l.Release()
+	o.spooled = spooled
 	res, err := restore(man, files, o)
 	if err != nil {
 		return res, err
@@ -266,7 +281,10 @@ func restore(man *Manifest, files map[string][]byte, o RestoreOptions) (*Restore
 	}
 	current := slices.DeleteFunc(res.paths(r, man), func(p string) bool { return strings.HasPrefix(r.Rel(p), repo.HistoryDir) })
 	res.Unreadable = nonNil(r.NotReadableBy(current, o.Self))
-	return res, restoreRegistrations(r, man, files, o.StateRoot)
+	if err := restoreRegistrations(r, man, files, o.StateRoot); err != nil {
+		return res, err
+	}
+	return res, restoreVolumes(res, o.spooled, o.StateRoot)
 }
 
 func nonNil(s []string) []string {
@@ -274,6 +292,27 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+// restoreVolumes moves the spooled volumes into their machines' state
+// directories (replacing what is there: restoring over a machine takes
+// --force), each by one rename.
+func restoreVolumes(res *RestoreResult, spooled map[string]string, stateRoot string) error {
+	res.Volumes = []string{}
+	for _, member := range slices.Sorted(maps.Keys(spooled)) {
+		parts := strings.Split(member, "/") // state/<m>/volumes/<image>
+		s := vm.StateDir{Root: stateRoot, Name: parts[1]}
+		if err := s.Ensure(); err != nil {
+			return err
+		}
+		if err := os.Rename(spooled[member], s.File(parts[3])); err != nil {
+			return fmt.Errorf("volume %s of %s: %w", parts[3], parts[1], err)
+		}
+		delete(spooled, member)
+		res.Volumes = append(res.Volumes, parts[1]+"/"+parts[3])
+		res.Changes = append(res.Changes, fmt.Sprintf("+ volume %s of %s", parts[3], parts[1]))
+	}
+	return nil
 }
 
 // newUsers lists the backup's users this repository does not have.

@@ -52,6 +52,7 @@ anything fails, nothing of NEW is left behind.`
 
 func newBackupCmd(g *globals) *cobra.Command {
 	var out string
+	var opts backup.Options
 	var tags []string
 	cmd := &cobra.Command{
 		Use:   "backup MACHINE... -o FILE",
@@ -60,7 +61,8 @@ func newBackupCmd(g *globals) *cobra.Command {
 vars and kept history exactly as stored — secrets stay sops-encrypted; the
 archive holds no plaintext secret —, the machine keys as the repository
 keeps them (encrypted to the users), the users' public keys, and the VMs'
-registrations. A manifest lists every member with its SHA-256;
+registrations — and, with --with-volumes, the volumes of stopped VMs
+(streamed, never held in memory). A manifest lists every member with its SHA-256;
 ` + "`credvm restore`" + ` checks all of it before writing anything.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -78,15 +80,19 @@ registrations. A manifest lists every member with its SHA-256;
 			if len(names) == 0 {
 				return errors.New("name the machines to back up (or --tag)")
 			}
-			res, err := backup.Create(out, r, g.stateRoot(), names)
+			res, err := backup.Create(out, r, g.stateRoot(), names, opts)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "backed up %s (%d entries, %d bytes) to %s\n", strings.Join(res.Machines, ", "), res.Entries, res.Bytes, res.Path)
+			for _, v := range res.Volumes {
+				fmt.Fprintf(g.stdout, "  volume %s of %s: %s\n", v.Image, v.Machine, v.Note)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "the archive to write")
+	cmd.Flags().BoolVar(&opts.WithVolumes, "with-volumes", false, "include the machines' volumes (the guests' data; the VMs must be stopped)")
 	tagFlag(cmd, &tags, "every machine with this inventory tag")
 	return cmd
 }
