@@ -125,3 +125,51 @@ A = { value = "a" }
 		t.Errorf("the tap made for a missing bridge was left:\n%s", out)
 	}
 }
+
+// TestMacvtap: a macvtap on a link (a veth in the test's namespace) is
+// created with the machine's MAC, handed to QEMU as its open /dev/tapN
+// (root's, 0600: QEMU could not open it), the guest's interface comes up
+// on it, and it goes when the VM stops.
+func TestMacvtap(t *testing.T) {
+	needGuests(t)
+	needRoot(t)
+	if _, err := exec.LookPath("busybox"); err != nil {
+		t.Skip("busybox not installed")
+	}
+	t.Parallel()
+	ns := newNetns(t)
+	ns.ip("link", "add", "up0", "type", "veth", "peer", "name", "peer0")
+	ns.ip("addr", "add", "10.56.0.1/24", "dev", "peer0")
+	ns.ip("link", "set", "up0", "up")
+	ns.ip("link", "set", "peer0", "up")
+	r := newRepo(t)
+	r.machine("mv", fastGuest("credvm.ip=10.56.0.2/24 credvm.idle")+`
+[[vm.interfaces]]
+type = "macvtap"
+id = "vm-mv0"
+link = "up0"
+mac = "02:00:00:00:56:02"
+[credentials]
+A = { value = "a" }
+`)
+	r.credvm("create", "mv", "--state-dir", r.state)
+	if out, err := ns.credvm(r, "start", "mv", "--state-dir", r.state, "--shutdown-timeout", "2s"); err != nil {
+		t.Fatalf("start: %v\n%s", err, out)
+	}
+	if link := ns.ip("-d", "link", "show", "vm-mv0"); !strings.Contains(link, "macvtap") || !strings.Contains(link, "02:00:00:00:56:02") {
+		t.Errorf("the macvtap:\n%s", link)
+	}
+	// The guest's interface is up on it. (A ping from the veth's peer is
+	// not answered in this namespace yet — see the issue 15 note — so the
+	// test stops at the device.)
+	console := r.waitConsole(t, "mv", "credvm-guest: idle", 1)
+	if !strings.Contains(console, "credvm-guest: net eth0 10.56.0.2/24 up") {
+		t.Errorf("the guest has no interface on the macvtap:\n%s", grepLines(console, "credvm-guest:"))
+	}
+	if out, err := ns.credvm(r, "stop", "mv", "--state-dir", r.state); err != nil {
+		t.Fatalf("stop: %v\n%s", err, out)
+	}
+	if out, _ := exec.Command("ip", "-n", ns.name, "link", "show", "vm-mv0").CombinedOutput(); !strings.Contains(string(out), "does not exist") {
+		t.Errorf("the macvtap credvm created is still there after stop:\n%s", out)
+	}
+}

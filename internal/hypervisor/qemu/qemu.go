@@ -173,7 +173,7 @@ func Args(c Config, firstFD int) ([]string, error) {
 			if !ok {
 				return nil, fmt.Errorf("vm %s: macvtap %s has no open device", c.Name, n.ID)
 			}
-			a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,fd=%d,vnet_hdr=on", id, fd))
+			a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,fd=%d", id, fd)) // vnet_hdr: QEMU probes the descriptor
 		}
 		device := dev("virtio-net-pci", "virtio-net-device") + ",netdev=" + id
 		if n.Type == "tap" && n.MultiQueue && vm.Vcpu > 1 && !microvm {

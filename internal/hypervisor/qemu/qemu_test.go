@@ -113,7 +113,7 @@ func TestArgsUnprivileged(t *testing.T) {
 		"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-add-fd fd=20,set=1 -add-fd fd=21,set=1 -drive file=/dev/fdset/1,format=raw,if=none,id=disk0",
 		"-add-fd fd=22,set=2 -drive file=/dev/fdset/2,format=raw,if=none,id=disk1,readonly=on",
-		"-netdev tap,id=net0,fd=19,vnet_hdr=on", "-device virtio-net-pci,netdev=net0,mac=02:00:00:00:00:09",
+		"-netdev tap,id=net0,fd=19 ", "-device virtio-net-pci,netdev=net0,mac=02:00:00:00:00:09",
 		"-netdev tap,id=net1,ifname=tap0,script=no,downscript=no,vnet_hdr=on",
 		"-chardev socket,id=console,path=/s/console.sock,server=on,wait=off,logfile=/dev/fd/9",
 	} {
