@@ -147,9 +147,10 @@ func TestOtherHypervisors(t *testing.T) {
 				t.Errorf("after stop: %s", got)
 			}
 
-			rec := readRecord(t, testenv.DoubleRecord(records, filepath.Join(r.state, "app-vm-01")))
+			rec := readRecord(t, testenv.DoubleRecord(records, filepath.Join(r.state, "app-vm-01", "sockets")))
 			wantArgv := map[string]string{"cloud-hypervisor": "--api-socket path=", "firecracker": "--api-sock "}[hv]
-			if argv := strings.Join(rec.argv, " "); !strings.HasPrefix(argv, wantArgv) || len(rec.argv) != 2 {
+			wantArgs := map[string]int{"cloud-hypervisor": 4, "firecracker": 2}[hv] // and --seccomp true
+			if argv := strings.Join(rec.argv, " "); !strings.HasPrefix(argv, wantArgv) || len(rec.argv) != wantArgs {
 				t.Errorf("argv: %q", rec.argv)
 			}
 			carrier := map[string]string{"cloud-hypervisor": "PUT /api/v1/vm.create", "firecracker": "PUT /boot-source"}[hv]

@@ -127,7 +127,9 @@ func TestRotation(t *testing.T) {
 		t.Error("rot-c was restarted although the rollout stopped before it")
 	}
 
-	// Roll rot-b back: the guest sees the old digest again.
+	// Roll rot-b back: the guest sees the old digest again. (First let the
+	// boot of the failed rollout reach idle: under load it takes a while.)
+	r.waitConsole(t, "rot-b", "credvm-guest: idle", 3)
 	hist := r.credvm("vars", "history", "rot-b")
 	if !strings.Contains(hist, "GENERATOR") || strings.Contains(hist, keysBefore["rot-b"]) {
 		t.Errorf("history:\n%s", hist)
