@@ -10,7 +10,7 @@ SOPS_VERSION := v3.13.3
 export CREDVM_TOOLS := $(TOOLS)
 export CREDVM_IMAGES := $(IMAGES)
 
-.PHONY: all build demo test test-short deps tools images clean vet fuzz bench
+.PHONY: all build demo test test-short deps tools images clean vet fuzz bench nix-vendor-hash
 
 all: build
 
@@ -55,6 +55,14 @@ test-short:
 
 clean:
 	rm -rf $(BIN)
+
+# flake.nix's buildGoModule pins the vendored modules' hash: after a
+# go.mod change, this recomputes it (nix hash path over `go mod vendor`,
+# which is what buildGoModule's vendor derivation hashes).
+nix-vendor-hash:
+	@d=$$(mktemp -d) && $(GO) mod vendor -o $$d/vendor && \
+	  printf '"%s"\n' "$$(nix --extra-experimental-features nix-command hash path $$d/vendor)" > nix/vendor-hash.nix && \
+	  rm -rf $$d && cat nix/vendor-hash.nix
 
 # Coverage-guided fuzzing of the parsers and codecs, FUZZTIME each (their
 # seed corpora, testdata/fuzz/, run in `make test` as ordinary tests).

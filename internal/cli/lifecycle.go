@@ -16,7 +16,8 @@ import (
 
 func newCreateCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := g.newMachinesCmd("create MACHINE...", "Register machines of the repository as VMs (their state under the state directory)", true,
+	var flakeRef string
+	cmd := g.newMachinesCmd("create MACHINE...", "Register machines of the repository as VMs (their state under the state directory), or one from a flake (--flake)", true,
 		func(e *vars.Engine, ms []*spec.Machine) error {
 			var errs []error
 			out := []*vm.Created{}
@@ -37,11 +38,53 @@ func newCreateCmd(g *globals) *cobra.Command {
 			return errors.Join(errs...)
 		})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was created as JSON (a list)")
+	cmd.Flags().StringVarP(&flakeRef, "flake", "f", "", "evaluate the machine from this flake: REF#nixosConfigurations.NAME.config.credvm.machine")
 	cmd.Long = `Register machines/NAME of the repository (found from the current
 directory, or --repo) as a VM: its state directory records the repository
 and the machine file as it is now — the VM's current configuration, which
-changes only with ` + "`credvm update`" + `. A name that exists is refused.`
+changes only with ` + "`credvm update`" + `. A name that exists is refused.
+
+With --flake REF, the machine is the guest's NixOS configuration: credvm
+evaluates REF#nixosConfigurations.NAME.config.credvm.machine (credvm's
+nixosModules.guest) with nix eval, builds its kernel and initrd if they are
+not in the store yet, writes machines/NAME/machine.json marked as generated
+from REF at its locked revision, and registers the VM. ` + "`credvm update NAME`" + `
+evaluates it again; list shows it outdated once the flake moves on.`
+	machinesRun := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if flakeRef == "" {
+			return machinesRun(c, args)
+		}
+		if len(args) != 1 {
+			return errors.New("--flake takes one machine: credvm create NAME --flake REF")
+		}
+		r, err := g.openRepo()
+		if err != nil {
+			return err
+		}
+		res, err := vm.CreateFromFlake(g.state(args[0]), r, flakeRef)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return g.printJSON([]*vm.FlakeCreated{res})
+		}
+		fmt.Fprintf(g.stdout, "%s: evaluated from %s (%s)\n", res.Name, res.Flake.Flake, flakeVersionText(res.Flake))
+		for _, p := range res.Built {
+			fmt.Fprintf(g.stdout, "  built %s\n", p)
+		}
+		g.printCreated(res.Created)
+		return nil
+	}
 	return cmd
+}
+
+// flakeVersionText says which version of a flake a machine came from.
+func flakeVersionText(s spec.Generated) string {
+	if s.Revision != "" {
+		return "revision " + s.Revision
+	}
+	return "narHash " + s.NarHash
 }
 
 // names are the machines' names.

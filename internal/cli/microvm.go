@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -26,12 +27,14 @@ type microvmArgs struct {
 // also answers to them when its binary is called `microvm`.
 func newMicrovmCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "microvm -c NAME [-f REPO] | -u NAME... [-R] | -r NAME | -l",
+		Use:   "microvm -c NAME [-f FLAKE|REPO] | -u NAME... [-R] | -r NAME | -l",
 		Short: "microvm.nix's command line: -c create, -u update (-R restart), -r run, -l list",
 		Long: `The flags of microvm.nix's microvm command, with the same meanings:
 
-  -c NAME      create the VM NAME (from the repository, or -f REPO)
-  -f REPO      the repository (microvm.nix: the flake) for -c
+  -c NAME      create the VM NAME (from the repository, or -f)
+  -f FLAKE     for -c: the flake whose nixosConfigurations.NAME is the
+               guest (as microvm.nix has it; a directory with flake.nix
+               is path:DIR), or a credvm repository directory
   -u NAME...   update the VMs' configuration from their repository
   -R           with -u: restart VMs that run an older configuration or vars
   -r NAME      run NAME in the foreground
@@ -47,10 +50,25 @@ Installing credvm as (or linking it to) "microvm" makes ` + "`microvm -l`" + ` w
 				}
 				return err
 			}
+			flakeRef := ""
 			if a.repo != "" {
-				g.repoPath = a.repo
+				if flakeRef = asFlakeRef(a.repo); flakeRef == "" {
+					g.repoPath = a.repo // a plain credvm repository directory
+				}
 			}
 			switch {
+			case a.create != "" && flakeRef != "":
+				r, err := g.openRepo()
+				if err != nil {
+					return err
+				}
+				res, err := vm.CreateFromFlake(g.state(a.create), r, flakeRef)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stdout, "%s: evaluated from %s (%s)\n", res.Name, res.Flake.Flake, flakeVersionText(res.Flake))
+				g.printCreated(res.Created)
+				return nil
 			case a.create != "":
 				r, err := g.openRepo()
 				if err != nil {
@@ -127,4 +145,21 @@ func (g *globals) microvmRun(name string) error {
 		return &exitError{code: res.ExitCode}
 	}
 	return err
+}
+
+// asFlakeRef is microvm -f's argument as a flake reference, or "" when it
+// is a credvm repository directory (a directory without flake.nix).
+func asFlakeRef(arg string) string {
+	fi, err := os.Stat(arg)
+	if err != nil || !fi.IsDir() {
+		return arg // a flake reference: github:…, path:…, git+…
+	}
+	if _, err := os.Stat(filepath.Join(arg, "flake.nix")); err != nil {
+		return ""
+	}
+	abs, err := filepath.Abs(arg)
+	if err != nil {
+		return arg
+	}
+	return "path:" + abs
 }

@@ -15,6 +15,7 @@
 package repo
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -272,4 +273,30 @@ func (r *Repo) Select(names, tags []string) ([]string, error) {
 	}
 	slices.Sort(out)
 	return slices.Compact(out), nil
+}
+
+// WriteGeneratedMachine writes machines/<name>/machine.json from a
+// guest's NixOS configuration (spec.Machine.Generated set in data),
+// atomically. A machine file the user wrote — machine.toml, or a
+// machine.json not generated — is never overwritten.
+func (r *Repo) WriteGeneratedMachine(name string, data []byte) error {
+	if err := spec.CheckMachineName(name); err != nil {
+		return err
+	}
+	dir := r.Path("machines", name)
+	if r.Exists(filepath.Join(dir, "machine.toml")) {
+		return fmt.Errorf("machine %s: %s exists and was not generated from a flake; remove it to take the machine from the flake, or drop --flake", name, r.Rel(filepath.Join(dir, "machine.toml")))
+	}
+	if old, err := r.ReadFile(filepath.Join(dir, "machine.json")); err == nil {
+		var m struct {
+			Generated *spec.Generated `json:"generated"`
+		}
+		if json.Unmarshal(old, &m) != nil || m.Generated == nil {
+			return fmt.Errorf("machine %s: %s exists and was not generated from a flake; remove it to take the machine from the flake, or drop --flake", name, r.Rel(filepath.Join(dir, "machine.json")))
+		}
+	}
+	if err := r.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return r.WriteFileAtomic(filepath.Join(dir, "machine.json"), data, 0o644)
 }

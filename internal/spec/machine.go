@@ -34,6 +34,28 @@ type Machine struct {
 	VM          VM                     `toml:"vm" json:"vm"`
 	Vars        Vars                   `toml:"vars" json:"vars"`
 	Credentials map[string]*Credential `toml:"credentials" json:"credentials"`
+	// Generated marks a machine file credvm wrote from a guest's NixOS
+	// configuration (`create --flake`): edit the configuration, not it.
+	Generated *Generated `toml:"generated" json:"generated,omitempty"`
+}
+
+// Generated is where a machine file was evaluated from: a flake's
+// attribute, at the flake's locked revision — or, for a path: flake,
+// which has none, its NAR hash and modification time.
+type Generated struct {
+	Flake        string `toml:"flake" json:"flake"`
+	Attribute    string `toml:"attribute" json:"attribute"`
+	Revision     string `toml:"revision" json:"revision,omitempty"`
+	NarHash      string `toml:"nar_hash" json:"nar_hash,omitempty"`
+	LastModified int64  `toml:"last_modified" json:"last_modified,omitempty"`
+}
+
+// Version is what identifies the flake's content.
+func (g Generated) Version() string {
+	if g.Revision != "" {
+		return g.Revision
+	}
+	return g.NarHash
 }
 
 // Vars holds the machine's generators.

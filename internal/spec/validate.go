@@ -153,8 +153,11 @@ func (m *Machine) validate(doc *document, dir string) Problems {
 			}
 		}
 		for i, in := range g.RuntimeInputs {
+			if filepath.IsAbs(in) && filepath.Clean(in) == in && !strings.Contains(in, "..") {
+				continue // a package's directory (a Nix store path): its bin/ goes on PATH
+			}
 			if !isCommandName(in) {
-				add(fmt.Sprintf("%s.runtime_inputs[%d]", key, i), "invalid runtime input %q: name a command or a Debian package, without a path", in)
+				add(fmt.Sprintf("%s.runtime_inputs[%d]", key, i), "invalid runtime input %q: name a command or a Debian package, or give a package's absolute directory (its bin/ goes on PATH)", in)
 			}
 		}
 		g.timeout = DefaultTimeout

@@ -125,7 +125,14 @@ func (r *inputResolver) resolve(name string) ([]string, error) {
 		return v, nil
 	}
 	var out []string
-	if p, err := exec.LookPath(name); err == nil {
+	if filepath.IsAbs(name) {
+		// A package's directory (a Nix store path): its bin/.
+		cmds, err := dirCommands(filepath.Join(name, "bin"))
+		if err != nil {
+			return nil, fmt.Errorf("runtime input %s: %w (a directory input puts its bin/ on PATH)", name, err)
+		}
+		out = cmds
+	} else if p, err := exec.LookPath(name); err == nil {
 		out = []string{p}
 	} else if cmds := packageCommands(name); len(cmds) > 0 {
 		out = cmds
@@ -134,6 +141,22 @@ func (r *inputResolver) resolve(name string) ([]string, error) {
 	}
 	r.cache[name] = out
 	return out, nil
+}
+
+// dirCommands lists the executables in dir.
+func dirCommands(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var cmds []string
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			cmds = append(cmds, p)
+		}
+	}
+	return cmds, nil
 }
 
 // packageCommands lists the executables an installed Debian package ships
@@ -232,7 +255,9 @@ func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
 				args = append(args, "--ro-bind-try", d, d)
 			}
 		}
-		for _, d := range []string{"/etc/alternatives", "/etc/ssl", "/etc/ld.so.cache", "/etc/localtime"} {
+		// The Nix store, read-only, for runtime inputs given as store
+		// paths (a guest's NixOS configuration, issue 16).
+		for _, d := range []string{"/etc/alternatives", "/etc/ssl", "/etc/ld.so.cache", "/etc/localtime", "/nix/store"} {
 			args = append(args, "--ro-bind-try", d, d)
 		}
 		args = append(args,

@@ -55,8 +55,11 @@ type UpdateOptions struct {
 type UpdateResult struct {
 	Name string `json:"name"`
 	// Changed: the configuration changed, as Diff says line by line.
-	Changed bool     `json:"changed"`
-	Diff    []string `json:"diff"`
+	Changed bool `json:"changed"`
+	// Flake is the flake the machine was evaluated from again, when it
+	// comes from one.
+	Flake *spec.Generated `json:"flake,omitempty"`
+	Diff  []string        `json:"diff"`
 	// HostPaths are the files outside the repository the updated
 	// configuration reads (shown when it changed).
 	HostPaths []HostPath `json:"host_paths"`
@@ -109,11 +112,23 @@ func updateRegistration(s StateDir) (*UpdateResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	var evaluated *spec.Generated
+	if m.Generated != nil {
+		// A machine of a guest's NixOS configuration: evaluate it again.
+		ev, err := writeFromFlake(r, s.Name, m.Generated.Flake)
+		if err != nil {
+			return nil, err
+		}
+		if m, err = r.Machine(s.Name); err != nil {
+			return nil, err
+		}
+		evaluated = &ev.Source
+	}
 	cfg, err := NewConfig(r, m)
 	if err != nil {
 		return nil, err
 	}
-	res := &UpdateResult{Name: s.Name, Diff: []string{}, HostPaths: HostPaths(r, m)}
+	res := &UpdateResult{Name: s.Name, Diff: []string{}, HostPaths: HostPaths(r, m), Flake: evaluated}
 	if cfg.Hash == reg.Current.Hash {
 		return res, nil
 	}

@@ -2,11 +2,13 @@ package vm
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 
+	"github.com/credvm/credvm/internal/flake"
 	"github.com/credvm/credvm/internal/hypervisor"
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
@@ -73,9 +75,32 @@ func Inspect(s StateDir, probe bool) (*Status, error) {
 // With Probe, it also asks a running hypervisor for its VM's state (one
 // round trip on its socket). It is safe for concurrent use.
 type Inspector struct {
-	Probe bool
-	mu    sync.Mutex
-	repos map[string]*repoResult
+	Probe  bool
+	mu     sync.Mutex
+	repos  map[string]*repoResult
+	flakes map[string]string // flake → its current version ("": unreadable)
+}
+
+// flakeVersion is a flake's current version, asked of nix once per
+// flake: a VM from a flake is outdated when its flake moved on.
+func (in *Inspector) flakeVersion(ref string) (string, error) {
+	in.mu.Lock()
+	v, ok := in.flakes[ref]
+	in.mu.Unlock()
+	if ok {
+		return v, nil
+	}
+	md, err := flake.Metadata(ref)
+	if err != nil {
+		return "", err
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.flakes == nil {
+		in.flakes = map[string]string{}
+	}
+	in.flakes[ref] = md.Version()
+	return md.Version(), nil
 }
 
 type repoResult struct {
@@ -136,6 +161,14 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 			st.Reasons = append(st.Reasons, "machine file unreadable: "+FirstLine(err))
 		} else if ConfigHash(repoMachine) != reg.Current.Hash {
 			st.Reasons = append(st.Reasons, "configuration changed since the last update")
+		}
+	}
+	if cur, err := reg.Machine(); err == nil && cur.Generated != nil {
+		switch v, err := in.flakeVersion(cur.Generated.Flake); {
+		case err != nil:
+			st.Reasons = append(st.Reasons, "its flake cannot be read: "+FirstLine(err))
+		case v != cur.Generated.Version():
+			st.Reasons = append(st.Reasons, fmt.Sprintf("its flake %s changed since the last update (%s → %s)", cur.Generated.Flake, short(cur.Generated.Version()), short(v)))
 		}
 	}
 	outdated := len(st.Reasons) > 0
@@ -253,4 +286,13 @@ func (s StateDir) lastConsoleLines(n int) []string {
 func FirstLine(err error) string {
 	line, _, _ := strings.Cut(err.Error(), "\n")
 	return line
+}
+
+// short is a revision or hash as people read it.
+func short(v string) string {
+	v = strings.TrimPrefix(v, "sha256-")
+	if len(v) > 12 {
+		return v[:12]
+	}
+	return v
 }

@@ -1,0 +1,1 @@
+"sha256-OY07H58RI3kmXF4VeCzXuUo27s+y5CCiOiAoLFDcooo="
