@@ -20,6 +20,11 @@ in
       default = credvmPackage pkgs;
       description = "The credvm package.";
     };
+    repository = mkOption {
+      type = types.str;
+      default = "/var/lib/credvm/repo";
+      description = "The host's credvm repository (its VMs' machine files and encrypted vars).";
+    };
     stateDir = mkOption {
       type = types.str;
       default = "/var/lib/microvms";
@@ -40,15 +45,18 @@ in
 
   config = mkIf cfg.enable {
     environment.systemPackages = [ cfg.package ];
-    systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0755 root root -" ];
+    systemd.tmpfiles.rules = [ "d ${cfg.stateDir} 0755 root root -" "d ${cfg.repository} 0700 root root -" ];
     systemd.packages = [ ];
     systemd.services = mapAttrs' (name: vm: nameValuePair "credvm@${name}" {
       description = "credvm VM ${name}";
       wantedBy = lib.optional vm.autostart "multi-user.target";
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
-      environment.CREDVM_STATE_DIR = cfg.stateDir;
+      environment = { CREDVM_STATE_DIR = cfg.stateDir; CREDVM_REPO = cfg.repository; };
       serviceConfig = {
+        # A VM with a flake is created from it on its first start.
+        ExecStartPre = lib.optional (vm.flake != null)
+          "${pkgs.runtimeShell or "/bin/sh"} -c 'test -e ${cfg.stateDir}/${name}/vm.json || exec ${cfg.package}/bin/credvm create ${name} --flake ${vm.flake}'";
         Type = "notify";
         NotifyAccess = "main";
         ExecStart = "${cfg.package}/bin/credvm run --systemd --quiet ${name}";

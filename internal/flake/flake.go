@@ -22,8 +22,13 @@ import (
 	"github.com/credvm/credvm/internal/spec"
 )
 
-// Nix is the nix command (a variable for tests).
-var Nix = "nix"
+// Nix is the nix command: $CREDVM_NIX when set (another Nix, or none).
+var Nix = func() string {
+	if n := os.Getenv("CREDVM_NIX"); n != "" {
+		return n
+	}
+	return "nix"
+}()
 
 // experimental: flakes are experimental in Nix 2.8 (Debian 12).
 var experimental = []string{"--extra-experimental-features", "nix-command flakes"}

@@ -3,6 +3,7 @@ package flake
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,6 +122,52 @@ func TestClanEvalTests(t *testing.T) {
 		}
 		if got := strings.TrimSpace(string(out)); got != "[]" && got != `["credentials","vars","vm"]` {
 			t.Errorf("%s:\n%s", expr, got)
+		}
+	}
+}
+
+// TestHostModule: the host module, with stand-ins for the NixOS options
+// it sets, makes credvm@NAME.service per VM: autostart, the machine key
+// as the credential age-key (encrypted for a .cred blob), and a VM with a
+// flake created from it on its first start.
+func TestHostModule(t *testing.T) {
+	inst := testenv.LookTool("nix-instantiate")
+	if inst == "" {
+		testenv.Missing(t, "nix-instantiate", "apt-get install nix-bin")
+	}
+	fixtures := testenv.Fixture(t, "nix")
+	out, err := exec.Command(inst, "--eval", "--strict", "--json", "--expr",
+		`import `+filepath.Join(testenv.Root(), "nix/tests/host-check.nix")+` { lib = import `+fixtures+`/nixpkgs-lib/lib; }`).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type unit struct {
+		WantedBy      []string          `json:"wantedBy"`
+		Environment   map[string]string `json:"environment"`
+		ServiceConfig map[string]any    `json:"serviceConfig"`
+	}
+	var got struct {
+		Services map[string]unit `json:"services"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	app, batch := got.Services["credvm@app-vm-01"], got.Services["credvm@batch"]
+	for _, c := range []struct {
+		what      string
+		got, want any
+	}{
+		{"app's wantedBy", app.WantedBy, []string{"multi-user.target"}},
+		{"batch's wantedBy", batch.WantedBy, []string{}},
+		{"app's ExecStart", app.ServiceConfig["ExecStart"], "/nix/store/00000000000000000000000000000000-credvm/bin/credvm run --systemd --quiet app-vm-01"},
+		{"app's key", app.ServiceConfig["LoadCredentialEncrypted"], "age-key:/etc/credstore.encrypted/app-vm-01.cred"},
+		{"batch's key", batch.ServiceConfig["LoadCredential"], "age-key:/etc/credvm/batch.age"},
+		{"app's create", app.ServiceConfig["ExecStartPre"], []any{"/bin/sh -c 'test -e /var/lib/microvms/app-vm-01/vm.json || exec /nix/store/00000000000000000000000000000000-credvm/bin/credvm create app-vm-01 --flake github:me/infra'"}},
+		{"type", app.ServiceConfig["Type"], "notify"},
+		{"repository", app.Environment["CREDVM_REPO"], "/var/lib/credvm/repo"},
+	} {
+		if fmt.Sprint(c.got) != fmt.Sprint(c.want) {
+			t.Errorf("%s: %v, want %v", c.what, c.got, c.want)
 		}
 	}
 }
