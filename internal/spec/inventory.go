@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,11 +18,39 @@ import (
 //	tags = ["app", "eu"]
 type Inventory struct {
 	Machines map[string]*InventoryMachine `toml:"machines" json:"machines"`
+	// Hosts are the hosts VMs are placed on, reached over SSH:
+	//
+	//	[hosts.hv1]
+	//	ssh = "root@hv1.example:22"
+	Hosts map[string]*Host `toml:"hosts" json:"hosts"`
 }
 
 // InventoryMachine is one machine's inventory entry.
 type InventoryMachine struct {
 	Tags []string `toml:"tags" json:"tags"`
+	// Host places the VM on a host of [hosts]; none: this one.
+	Host string `toml:"host" json:"host"`
+}
+
+// Host is a host of the fleet.
+type Host struct {
+	// SSH is user@address[:port], as ssh takes it.
+	SSH string `toml:"ssh" json:"ssh"`
+	// SSHOptions are more `-o` options for ssh ("ConnectTimeout=5").
+	SSHOptions []string `toml:"ssh_options" json:"ssh_options"`
+	// Root prefixes the host's paths (its credvm, repository, state and
+	// host key): "" on a real host; tests run several hosts on one
+	// machine, each with its own root.
+	Root string `toml:"root" json:"root"`
+}
+
+// Address splits SSH into destination (user@address) and port ("": ssh's).
+func (h *Host) Address() (dest, port string) {
+	dest = h.SSH
+	if i := strings.LastIndex(dest, ":"); i > strings.LastIndex(dest, "]") && i > 0 {
+		dest, port = dest[:i], dest[i+1:]
+	}
+	return dest, port
 }
 
 // LoadInventory reads an inventory file; a missing file is an empty
@@ -64,10 +93,57 @@ func ParseInventory(path string, data []byte) (*Inventory, error) {
 			}
 		}
 	}
+	for name, h := range inv.Hosts {
+		key := "hosts." + name
+		if err := CheckMachineName(name); err != nil {
+			ps = append(ps, doc.problem(key, "invalid host name %q: a hostname label", name))
+		}
+		if h == nil || h.SSH == "" {
+			ps = append(ps, doc.problem(key, "a host needs ssh = \"user@address[:port]\""))
+			continue
+		}
+		if dest, port := h.Address(); strings.HasPrefix(dest, "-") || strings.ContainsAny(dest, " \t\n") || (port != "" && !isDigits(port)) {
+			ps = append(ps, doc.problem(key+".ssh", "invalid ssh %q: write user@address[:port]", h.SSH))
+		}
+		for i, o := range h.SSHOptions {
+			// The inventory is repository content: no option that runs a
+			// command on this machine or changes whose host key is trusted.
+			k, _, ok := strings.Cut(o, "=")
+			lk := strings.ToLower(k)
+			if !ok || k == "" || strings.ContainsAny(o, "\n") || strings.HasSuffix(lk, "command") || lk == "stricthostkeychecking" || lk == "userknownhostsfile" || lk == "globalknownhostsfile" || lk == "include" || lk == "match" {
+				ps = append(ps, doc.problem(fmt.Sprintf("%s.ssh_options[%d]", key, i), "invalid ssh option %q: write Key=value; options that run commands (…Command) or choose which host keys are trusted are credvm's, not the repository's", o))
+			}
+		}
+		if h.Root != "" && (!filepath.IsAbs(h.Root) || filepath.Clean(h.Root) != h.Root) {
+			ps = append(ps, doc.problem(key+".root", "root must be a clean absolute path, not %q", h.Root))
+		}
+	}
+	for name, m := range inv.Machines {
+		if m != nil && m.Host != "" && inv.Hosts[m.Host] == nil {
+			ps = append(ps, doc.problem("machines."+name+".host", "no host %q in [hosts]: add it with `credvm host add %s USER@ADDRESS`", m.Host, m.Host))
+		}
+	}
 	if len(ps) > 0 {
 		return nil, ps
 	}
 	return inv, nil
+}
+
+func isDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// HostOf is the host a machine is placed on ("" : this one).
+func (inv *Inventory) HostOf(machine string) string {
+	if inv == nil || inv.Machines[machine] == nil {
+		return ""
+	}
+	return inv.Machines[machine].Host
 }
 
 // Tagged returns the machines carrying tag, sorted.
