@@ -79,6 +79,7 @@ A = { value = "a" }
 	if out, err := ns.credvm(r, "start", "net", "--state-dir", r.state, "--shutdown-timeout", "2s"); err != nil {
 		t.Fatalf("start: %v\n%s", err, out)
 	}
+	t.Cleanup(func() { ns.credvm(r, "stop", "net", "--state-dir", r.state) })
 	link := ns.ip("-d", "link", "show", "vm-net0")
 	for _, want := range []string{"master br0", "tun type tap", "vnet_hdr on"} {
 		if !strings.Contains(link, want) {
@@ -156,6 +157,7 @@ A = { value = "a" }
 	if out, err := ns.credvm(r, "start", "mv", "--state-dir", r.state, "--shutdown-timeout", "2s"); err != nil {
 		t.Fatalf("start: %v\n%s", err, out)
 	}
+	t.Cleanup(func() { ns.credvm(r, "stop", "mv", "--state-dir", r.state) })
 	if link := ns.ip("-d", "link", "show", "vm-mv0"); !strings.Contains(link, "macvtap") || !strings.Contains(link, "02:00:00:00:56:02") {
 		t.Errorf("the macvtap:\n%s", link)
 	}

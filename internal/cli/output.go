@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"text/tabwriter"
 
@@ -155,15 +156,34 @@ func (g *globals) newVMsCmd(use, short string, run func(names []string) error) *
 		Args:              cobra.ArbitraryArgs,
 		ValidArgsFunction: vmCompletion(g),
 		RunE: func(_ *cobra.Command, args []string) error {
-			names, err := vm.Select(g.stateRoot(), args, tags, false)
-			if err != nil {
-				return err
+			local, remoteErr := g.onHosts(strings.Fields(use)[0], args)
+			if len(args) > 0 && len(local) == 0 {
+				return remoteErr
 			}
-			return run(names)
+			names, err := vm.Select(g.stateRoot(), local, tags, false)
+			if err != nil {
+				return errors.Join(remoteErr, err)
+			}
+			return errors.Join(remoteErr, run(names))
 		},
 	}
 	tagFlag(cmd, &tags, "every VM whose machine carries this inventory tag")
 	return cmd
+}
+
+// onHosts runs verb on the host of each named VM placed on one (the
+// repository's inventory says where) and returns the names that are
+// local.
+func (g *globals) onHosts(verb string, names []string) (local []string, err error) {
+	var errs []error
+	for _, n := range names {
+		ok, rerr := g.remote(n, verb)
+		if !ok {
+			local = append(local, n)
+		}
+		errs = append(errs, rerr)
+	}
+	return local, errors.Join(errs...)
 }
 
 // newVMCmd is a command on one VM, named by its only argument.
@@ -172,7 +192,12 @@ func (g *globals) newVMCmd(use, short string, run func(s vm.StateDir) error) *co
 		Use: use, Short: short,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: vmCompletion(g),
-		RunE:              func(_ *cobra.Command, args []string) error { return run(g.state(args[0])) },
+		RunE: func(_ *cobra.Command, args []string) error {
+			if ok, err := g.remote(args[0], strings.Fields(use)[0]); ok {
+				return err
+			}
+			return run(g.state(args[0]))
+		},
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/console"
+	"github.com/credvm/credvm/internal/fleet"
 	"github.com/credvm/credvm/internal/vm"
 )
 
@@ -29,9 +30,13 @@ lines of its console. --json prints a list, one object per VM.`,
 		Args:              cobra.ArbitraryArgs,
 		ValidArgsFunction: vmCompletion(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			names, err := vm.Select(g.stateRoot(), args, tags, true)
+			local, remoteErr := g.onHosts("status", args)
+			if len(args) > 0 && len(local) == 0 {
+				return remoteErr
+			}
+			names, err := vm.Select(g.stateRoot(), local, tags, true)
 			if err != nil {
-				return err
+				return errors.Join(remoteErr, err)
 			}
 			out := []*vm.Status{}
 			for _, n := range names {
@@ -163,14 +168,38 @@ func (g *globals) list(tags []string, asJSON bool) error {
 		return err
 	}
 	rows := vm.ListStatuses(g.stateRoot(), names)
+	hosts := g.listHosts(asJSON)
 	if asJSON {
-		return g.printListJSON(rows)
+		return g.printListJSON(rows, hosts)
 	}
-	return g.printList(rows)
+	if err := g.printList(rows); err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if h.Err != nil {
+			fmt.Fprintf(g.stdout, "\nhost %s: unreachable (%s)\n", h.Host, vm.FirstLine(h.Err))
+			continue
+		}
+		fmt.Fprintf(g.stdout, "\nhost %s:\n", h.Host)
+		for _, l := range strings.Split(strings.TrimRight(string(h.Text), "\n"), "\n") {
+			fmt.Fprintf(g.stdout, "  %s\n", l)
+		}
+	}
+	return nil
 }
 
-func (g *globals) printListJSON(rows []vm.Listed) error {
-	out := []*vm.Status{}
+// listHosts asks every host of the inventory for its list, in parallel
+// (none when there is no repository or no host).
+func (g *globals) listHosts(asJSON bool) []fleet.Listing {
+	r, err := g.openRepo()
+	if err != nil || len(r.Inventory.Hosts) == 0 {
+		return nil
+	}
+	return fleet.List(context.Background(), r, asJSON)
+}
+
+func (g *globals) printListJSON(rows []vm.Listed, hosts []fleet.Listing) error {
+	out := []any{}
 	var errs []error
 	for _, r := range rows {
 		if r.Err != nil {
@@ -178,6 +207,16 @@ func (g *globals) printListJSON(rows []vm.Listed) error {
 			continue
 		}
 		out = append(out, r.Status)
+	}
+	for _, h := range hosts {
+		if h.Err != nil {
+			out = append(out, map[string]any{"host": h.Host, "status": "unreachable", "reasons": []string{vm.FirstLine(h.Err)}})
+			continue
+		}
+		for _, st := range h.Statuses {
+			st["host"] = h.Host
+			out = append(out, st)
+		}
 	}
 	if err := g.printJSON(out); err != nil {
 		return err

@@ -96,3 +96,41 @@ func (r *Repo) copyTree(from, to string) error {
 		return nil
 	})
 }
+
+// AddHostToInventory appends a [hosts.<name>] table to inventory.toml
+// (the user's file kept as written); a host listed already is left as it
+// is.
+func (r *Repo) AddHostToInventory(name string, h spec.Host) error {
+	if _, ok := r.Inventory.Hosts[name]; ok {
+		return nil
+	}
+	p := r.Path("inventory.toml")
+	old, err := r.ReadFile(p)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	table := fmt.Sprintf("[hosts.%s]\nssh = %q\n", name, h.SSH)
+	if len(h.SSHOptions) > 0 {
+		quoted := make([]string, len(h.SSHOptions))
+		for i, o := range h.SSHOptions {
+			quoted[i] = fmt.Sprintf("%q", o)
+		}
+		table += fmt.Sprintf("ssh_options = [%s]\n", strings.Join(quoted, ", "))
+	}
+	if h.Root != "" {
+		table += fmt.Sprintf("root = %q\n", h.Root)
+	}
+	content := table
+	if trimmed := bytes.TrimRight(old, "\n"); len(trimmed) > 0 {
+		content = string(trimmed) + "\n\n" + table
+	}
+	inv, err := spec.ParseInventory(p, []byte(content))
+	if err != nil {
+		return fmt.Errorf("inventory.toml: adding host %s: %w", name, err)
+	}
+	if err := r.WriteFileAtomic(p, []byte(content), 0o644); err != nil {
+		return err
+	}
+	r.Inventory = inv
+	return nil
+}

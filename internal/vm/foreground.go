@@ -125,6 +125,12 @@ func Run(ctx context.Context, o RunOptions) (res *Result, err error) {
 			return nil, fmt.Errorf("the machine's age key: %w", err)
 		}
 	}
+	if machineKey == nil {
+		// On a fleet host: the machine key a deploy sealed to its host key.
+		if machineKey, err = o.State.SealedKey(); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", o.State.Name, err)
+		}
+	}
 	e := &vars.Engine{Repo: t.Repo, User: user}
 	creds, err := Credentials(e, t.Machine, machineKey)
 	if err != nil {

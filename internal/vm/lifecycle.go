@@ -219,7 +219,7 @@ func prefixed(prefix string, items []string) []string {
 }
 
 // stateFiles are the files credvm puts in a state directory.
-var stateFiles = []string{"vm.json", "run.json", "run.lock", "state.lock", "console.log", "console.log.1", "console.log.2", "console.log.3", "supervisor.log", "qmp.sock", "ch.sock", "fc.sock", "serial.sock", "vsock.sock", "double.jsonl"}
+var stateFiles = []string{"vm.json", "run.json", "run.lock", "state.lock", "console.log", "console.log.1", "console.log.2", "console.log.3", "supervisor.log", "qmp.sock", "ch.sock", "fc.sock", "serial.sock", "vsock.sock", "double.jsonl", sealedKey, sealedKeyFor}
 
 // removeState removes the VM's state directory; the VM must not run.
 func removeState(s StateDir) error {

@@ -1,0 +1,277 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testHost is a host of the fleet on this machine: a network namespace
+// of the test's own (reached from another, the "laptop", over a veth —
+// addresses inside those namespaces only), its own root for credvm's
+// paths and /etc/ssh, and its own sshd with its own host key.
+type testHost struct {
+	t       *testing.T
+	name    string
+	addr    string
+	root    string
+	cfg     string
+	sshd    *exec.Cmd
+	hostPub string
+}
+
+func startTestHost(t *testing.T, laptop *netns, name, laptopAddr, addr, authorized string) *testHost {
+	t.Helper()
+	ns := newNetns(t)
+	la, ha := "la-"+name, "hv-"+name
+	laptop.ip("link", "add", la, "type", "veth", "peer", "name", ha)
+	laptop.ip("link", "set", ha, "netns", ns.name)
+	laptop.ip("addr", "add", laptopAddr+"/30", "dev", la)
+	laptop.ip("link", "set", la, "up")
+	ns.ip("addr", "add", addr+"/30", "dev", ha)
+	ns.ip("link", "set", ha, "up")
+	ns.ip("link", "set", "lo", "up")
+	root, err := os.MkdirTemp("/tmp", "cvhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(root, 0o755)
+	t.Cleanup(func() { os.RemoveAll(root) })
+	h := &testHost{t: t, name: name, addr: addr, root: root}
+	os.MkdirAll(filepath.Join(root, "etc/ssh"), 0o755)
+	h.newHostKey()
+	os.MkdirAll("/run/sshd", 0o755)
+	h.cfg = filepath.Join(root, "sshd_config")
+	os.WriteFile(h.cfg, []byte(fmt.Sprintf(`ListenAddress %s
+HostKey %s/etc/ssh/ssh_host_ed25519_key
+PidFile %s/sshd.pid
+AuthorizedKeysFile %s
+PermitRootLogin yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+`, addr, root, root, authorized)), 0o600)
+	h.start(ns)
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *testHost) newHostKey() {
+	key := filepath.Join(h.root, "etc/ssh/ssh_host_ed25519_key")
+	os.Remove(key)
+	os.Remove(key + ".pub")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		h.t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	fp, _ := exec.Command("ssh-keygen", "-lf", key+".pub").Output()
+	h.hostPub = strings.Fields(string(fp))[1]
+}
+
+func (h *testHost) start(ns *netns) {
+	h.sshd = exec.Command("ip", "netns", "exec", ns.name, "/usr/sbin/sshd", "-D", "-e", "-f", h.cfg)
+	var log bytes.Buffer
+	h.sshd.Stderr = &log
+	if err := h.sshd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	for i := 0; i < 100; i++ {
+		if out, _ := exec.Command("ip", "netns", "exec", ns.name, "ss", "-ltn").Output(); strings.Contains(string(out), h.addr+":22") {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.t.Fatalf("sshd did not listen on %s:\n%s", h.addr, log.String())
+}
+
+func (h *testHost) stop() {
+	if h.sshd != nil && h.sshd.Process != nil {
+		h.sshd.Process.Kill()
+		h.sshd.Wait()
+		h.sshd = nil
+	}
+}
+
+// TestFleet: a host added with its fingerprint confirmed (and refused
+// unconfirmed); a VM deployed to it over SSH — credvm copied there, its
+// vars restored, its machine key sealed to the host key — and started;
+// list, status and stop follow the placement; no user key and no
+// plaintext machine key on the host's disk or in any argv; a changed
+// host key is refused; a host whose sshd is gone is listed unreachable.
+func TestFleet(t *testing.T) {
+	needGuests(t)
+	needRoot(t)
+	for _, tool := range []string{"ssh", "ssh-keyscan", "ssh-keygen", "/usr/sbin/sshd", "ss"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (apt-get install openssh-server openssh-client iproute2)", tool)
+		}
+	}
+	laptop := newNetns(t)
+	laptop.ip("link", "set", "lo", "up")
+	r := newRepo(t)
+	sshDir := t.TempDir()
+	id := filepath.Join(sshDir, "id_ed25519")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", id).CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	h1 := startTestHost(t, laptop, "h1", "10.79.0.1", "10.79.0.2", id+".pub")
+	runtime := t.TempDir()
+	r.env = append(r.env, "XDG_RUNTIME_DIR="+runtime)
+	t.Cleanup(func() { exec.Command("pkill", "-f", "ControlPath="+runtime).Run() })
+	onLaptop := func(args ...string) (string, error) { return laptop.credvm(r, args...) }
+
+	// host add: shown, refused without a yes, pinned with one.
+	out, err := onLaptop("host", "add", "h1", "root@10.79.0.2", "--ssh-option", "IdentityFile="+id, "--root", h1.root)
+	if err == nil || !strings.Contains(out, "+ host h1 (root@10.79.0.2): ssh-ed25519 "+h1.hostPub) {
+		t.Fatalf("host add without a yes: %v\n%s", err, out)
+	}
+	if out, err = onLaptop("host", "add", "h1", "root@10.79.0.2", "--ssh-option", "IdentityFile="+id, "--root", h1.root, "--yes"); err != nil {
+		t.Fatalf("host add: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "host h1 (root@10.79.0.2): key "+h1.hostPub+" pinned") {
+		t.Errorf("host add: %s", out)
+	}
+
+	r.machine("fleet1", fastGuest("credvm.idle")+`
+[vars.generators.g]
+script = 'head -c 24 /dev/urandom | od -An -tx1 | tr -d " \n" > "$out/key"'
+files.key = {}
+[credentials]
+KEY = { var = "g/key" }
+`)
+	inv, _ := os.ReadFile(filepath.Join(r.dir, "inventory.toml"))
+	os.WriteFile(filepath.Join(r.dir, "inventory.toml"), append(inv, []byte("\n[machines.fleet1]\nhost = \"h1\"\n")...), 0o644)
+	r.credvm("vars", "generate", "fleet1")
+	secret := r.credvm("vars", "get", "fleet1", "g/key")
+	machineKey := r.credvm("vars", "machine-key", "fleet1", "-o", "-")
+	userKey, _ := os.ReadFile(filepath.Join(r.dir, "key.txt"))
+
+	out, err = onLaptop("deploy", "fleet1")
+	t.Cleanup(func() {
+		bin := filepath.Join(h1.root, "var/lib/credvm/bin/credvm")
+		exec.Command(bin, "stop", "fleet1", "--state-dir", filepath.Join(h1.root, "var/lib/microvms"), "--shutdown-timeout", "1s").Run()
+	})
+	if err != nil || !strings.Contains(out, "fleet1 on h1: created and started") {
+		t.Fatalf("deploy: %v\n%s", err, out)
+	}
+	console := filepath.Join(h1.root, "var/lib/microvms/fleet1/console.log")
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		b, _ := os.ReadFile(console)
+		if bytes.Contains(b, []byte("credvm-guest: idle")) {
+			if !bytes.Contains(b, []byte(sha([]byte(secret))+" KEY")) {
+				t.Errorf("the guest on h1 did not get its secret:\n%s", grepLines(string(b), "credvm-guest:"))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the VM on h1 never came up:\n%s", b)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+
+	// Lifecycle and list follow the placement.
+	out, _ = onLaptop("list")
+	if !strings.Contains(out, "host h1:") || !strings.Contains(out, "fleet1") {
+		t.Errorf("list:\n%s", out)
+	}
+	out, _ = onLaptop("list", "--json")
+	var rows []map[string]any
+	json.Unmarshal([]byte(out), &rows)
+	found := false
+	for _, row := range rows {
+		if row["name"] == "fleet1" && row["host"] == "h1" && row["running"] == true {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("list --json has no running fleet1 on h1:\n%s", out)
+	}
+	if out, err = onLaptop("status", "fleet1"); err != nil || !strings.Contains(out, "fleet1: current") {
+		t.Errorf("status over ssh: %v\n%s", err, out)
+	}
+	// A second deploy of the unchanged VM: nothing copied, nothing restarted.
+	if out, err = onLaptop("deploy", "fleet1"); err != nil || !strings.Contains(out, "fleet1 on h1: ") || strings.Contains(out, "created") {
+		t.Errorf("deploy again: %v\n%s", err, out)
+	}
+
+	// Nothing secret on the host's disk: no user key, no plaintext machine
+	// key, no secret; none in the hypervisor's argv either.
+	leaks := map[string][]byte{"the user's key": bytes.TrimSpace(lastLine(userKey)), "the machine key": []byte(strings.TrimSpace(machineKey)), "the secret": []byte(secret)}
+	filepath.WalkDir(h1.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasSuffix(p, ".sock") {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		for what, v := range leaks {
+			if len(v) > 0 && bytes.Contains(b, v) {
+				t.Errorf("%s is on the host's disk: %s", what, p)
+			}
+		}
+		return nil
+	})
+	var rec struct {
+		PID int `json:"hypervisor_pid"`
+	}
+	b, _ := os.ReadFile(filepath.Join(h1.root, "var/lib/microvms/fleet1/run.json"))
+	json.Unmarshal(b, &rec)
+	if rec.PID > 0 {
+		r.checkProcess(fmt.Sprint(rec.PID), "QEMU on h1", [][]byte{[]byte(secret), []byte(strings.TrimSpace(machineKey))})
+	}
+
+	if out, err = onLaptop("stop", "fleet1"); err != nil {
+		t.Errorf("stop over ssh: %v\n%s", err, out)
+	}
+	if out, _ = onLaptop("status", "fleet1"); !strings.Contains(out, "stopped") {
+		t.Errorf("status after a remote stop:\n%s", out)
+	}
+
+	// A changed host key is refused, by host add and by ssh itself.
+	h1.stop()
+	h1.newHostKey()
+	h1.start(hostNS(t, h1))
+	exec.Command("pkill", "-f", "ControlPath="+runtime).Run()
+	out, err = onLaptop("host", "add", "h1", "root@10.79.0.2", "--ssh-option", "IdentityFile="+id, "--root", h1.root)
+	if err == nil || !strings.Contains(out, "~ host h1: its key changed from ") {
+		t.Errorf("host add with a changed key: %v\n%s", err, out)
+	}
+	if out, err = onLaptop("deploy", "fleet1"); err == nil || !strings.Contains(out, "Host key verification failed") {
+		t.Errorf("deploy to a host whose key changed: %v\n%s", err, out)
+	}
+
+	// A host whose sshd is gone: unreachable, and list still answers.
+	h1.stop()
+	out, err = onLaptop("list")
+	if err != nil || !strings.Contains(out, "host h1: unreachable (") {
+		t.Errorf("list with h1 down: %v\n%s", err, out)
+	}
+}
+
+// hostNS is the namespace a test host's sshd runs in.
+func hostNS(t *testing.T, h *testHost) *netns {
+	// The host's namespace is the one whose veth end is hv-<name>.
+	list, _ := exec.Command("ip", "netns", "list").Output()
+	for _, l := range strings.Split(string(list), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		if o, _ := exec.Command("ip", "-n", f[0], "link", "show", "hv-"+h.name).CombinedOutput(); !strings.Contains(string(o), "does not exist") && len(o) > 0 {
+			return &netns{t: t, name: f[0]}
+		}
+	}
+	t.Fatalf("no namespace for host %s", h.name)
+	return nil
+}
+
+func lastLine(b []byte) []byte {
+	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
+	return lines[len(lines)-1]
+}

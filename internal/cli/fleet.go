@@ -1,0 +1,179 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/credvm/credvm/internal/fleet"
+	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/sops"
+	"github.com/credvm/credvm/internal/vm"
+)
+
+func newHostCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "host", Short: "The hosts VMs are placed on: add (pin its SSH host key), list"}
+	var o fleet.AddOptions
+	var asJSON bool
+	add := &cobra.Command{
+		Use:   "add NAME USER@ADDRESS[:PORT]",
+		Short: "Fetch a host's ssh-ed25519 key (ssh-keyscan), show its fingerprint, and pin it once confirmed",
+		Long: `Fetch the host's ssh-ed25519 host key with ssh-keyscan, show its
+fingerprint, and — once you confirm it is the host's (compare with
+ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it; --yes, or a yes on a
+terminal) — pin it in sops/hosts/NAME/ and list the host in inventory.toml
+([hosts.NAME] ssh = …). credvm reaches the host with that key only, and
+seals its VMs' machine keys to it. A host known with another key is
+refused until confirmed again.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			r, err := g.openRepo()
+			if err != nil {
+				return err
+			}
+			flag := o.Accept
+			return g.confirmed(func(accepted []*repo.ConfirmationError) error {
+				o.Accept = flag || accepts(accepted, fleet.AcceptHostKey) != nil
+				res, err := fleet.AddHost(r, args[0], args[1], o)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return g.printJSON(res)
+				}
+				switch {
+				case res.Unchanged:
+					fmt.Fprintf(g.stdout, "host %s: key %s, pinned already\n", res.Name, res.Fingerprint)
+				case res.Changed:
+					fmt.Fprintf(g.stdout, "host %s: key changed, now %s (sops/hosts/%s/key.pub)\n", res.Name, res.Fingerprint, res.Name)
+				default:
+					fmt.Fprintf(g.stdout, "host %s (%s): key %s pinned (sops/hosts/%s/key.pub)\n", res.Name, res.SSH, res.Fingerprint, res.Name)
+				}
+				return nil
+			})
+		},
+	}
+	add.Flags().BoolVarP(&o.Accept, "yes", "y", false, "trust the key shown (or the changed key) without asking")
+	add.Flags().StringArrayVar(&o.SSHOptions, "ssh-option", nil, "an ssh -o option for this host (Key=value); repeatable")
+	add.Flags().StringVar(&o.Root, "root", "", "a prefix for the host's paths (tests run hosts side by side)")
+	add.Flags().BoolVar(&asJSON, "json", false, "print what was pinned as JSON")
+
+	var hostKey string
+	installKey := &cobra.Command{
+		Use:    "install-key NAME --host-key FILE",
+		Short:  "On a host: keep the machine key a deploy sealed to this host's key (standard input)",
+		Hidden: true, // run by deploy over ssh
+		Args:   cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			sealed, err := io.ReadAll(io.LimitReader(g.stdin, 1<<20))
+			if err != nil {
+				return err
+			}
+			return g.state(args[0]).InstallSealedKey(sealed, hostKey)
+		},
+	}
+	installKey.Flags().StringVar(&hostKey, "host-key", vm.DefaultHostKey, "the host key the sealed key opens with")
+	cmd.AddCommand(add, installKey)
+	return cmd
+}
+
+func newDeployCmd(g *globals) *cobra.Command {
+	var tags []string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "deploy [NAME...] [--tag T]",
+		Short: "Send VMs to their hosts over SSH (credvm, machine file, encrypted vars, sealed machine key) and create or update them there",
+		Long: `For each VM placed on a host (inventory.toml: [machines.NAME] host = "H"),
+over your OpenSSH client — your ~/.ssh/config and agent, the host key pinned
+by credvm host add, one connection per host, hosts in parallel —: copy this
+credvm to the host when its own is missing or differs, send the machine
+file, its encrypted vars and the users' public keys as a backup archive the
+host's credvm checks and restores into /var/lib/credvm/repo, and the
+machine key sealed to the host's ssh-ed25519 key; then create it there and
+start it, or update it (-R: restart a VM running older vars). Nothing
+plaintext crosses the wire. With no name and no tag: every placed VM.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(_ *cobra.Command, args []string) error {
+			r, err := g.openRepo()
+			if err != nil {
+				return err
+			}
+			names := args
+			if len(args) == 0 || len(tags) > 0 {
+				if names, err = r.Select(args, tags); err != nil {
+					return err
+				}
+				if len(args) == 0 && len(tags) == 0 {
+					names = placed(r, names)
+				}
+			}
+			if len(names) == 0 {
+				return errors.New("no VM is placed on a host: set host = \"H\" under [machines.NAME] in inventory.toml")
+			}
+			ids, err := sops.LoadUserIdentities()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			res, err := fleet.Deploy(ctx, r, ids, names, func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) })
+			if asJSON {
+				if jerr := g.printJSON(res); jerr != nil {
+					return jerr
+				}
+			} else {
+				for _, d := range res {
+					switch {
+					case d.Err != "":
+						fmt.Fprintf(g.stdout, "%s on %s: FAILED: %s\n", d.Machine, d.Host, d.Err)
+					case d.Created:
+						fmt.Fprintf(g.stdout, "%s on %s: created and started\n", d.Machine, d.Host)
+					default:
+						fmt.Fprintf(g.stdout, "%s on %s: %s\n", d.Machine, d.Host, strings.ReplaceAll(d.Update, "\n", "; "))
+					}
+				}
+			}
+			return err
+		},
+	}
+	tagFlag(cmd, &tags, "every VM with this inventory tag")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was deployed as JSON")
+	return cmd
+}
+
+// placed are the machines of names placed on a host.
+func placed(r *repo.Repo, names []string) []string {
+	var out []string
+	for _, n := range names {
+		if r.Inventory.HostOf(n) != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// remote runs a lifecycle command of a VM placed on a host there, with
+// its output as ours; ok is false when the VM is not placed (or there is
+// no repository to say so), and the caller acts locally.
+func (g *globals) remote(name string, args ...string) (ok bool, err error) {
+	if len(args) > 0 && args[0] == "console" {
+		return false, nil // interactive: not over a command's ssh
+	}
+	r, err := g.openRepo()
+	if err != nil || r.Inventory.HostOf(name) == "" {
+		return false, nil
+	}
+	h, err := fleet.HostOf(r, r.Inventory.HostOf(name))
+	if err != nil {
+		return true, err
+	}
+	out, err := h.Lifecycle(context.Background(), append(args, name)...)
+	g.stdout.Write(out)
+	return true, err
+}
