@@ -8,8 +8,8 @@ import (
 	"strings"
 
 	"filippo.io/age"
-	"filippo.io/age/armor"
 	"filippo.io/age/agessh"
+	"filippo.io/age/armor"
 )
 
 // Sealing a machine's key to a host: the age identity is encrypted to the
