@@ -113,6 +113,7 @@ func TestFleet(t *testing.T) {
 			t.Skipf("%s not installed (apt-get install openssh-server openssh-client iproute2)", tool)
 		}
 	}
+	t.Parallel()
 	laptop := newNetns(t)
 	laptop.ip("link", "set", "lo", "up")
 	r := newRepo(t)
@@ -226,6 +227,47 @@ KEY = { var = "g/key" }
 		r.checkProcess(fmt.Sprint(rec.PID), "QEMU on h1", [][]byte{[]byte(secret), []byte(strings.TrimSpace(machineKey))})
 	}
 
+	// A rotation over both hosts, one VM at a time, each health-checked by
+	// its guest's receipt on its host; fleet2's guest (declared newer than
+	// the systemd it reads SMBIOS as) reports its credential cut, which
+	// stops the rollout there.
+	h2 := startTestHost(t, laptop, "h2", "10.79.0.5", "10.79.0.6", id+".pub")
+	if out, err = onLaptop("host", "add", "h2", "root@10.79.0.6", "--ssh-option", "IdentityFile="+id, "--root", h2.root, "--yes"); err != nil {
+		t.Fatalf("host add h2: %v\n%s", err, out)
+	}
+	r.machine("fleet2", fastGuest("credvm.idle", "guest_systemd = 257")+`
+[vars.generators.big]
+script = 'head -c 2500 /dev/urandom | od -An -tx1 | tr -d " \n" > "$out/v"'
+files.v = {}
+[credentials]
+BIG = { var = "big/v" }
+`)
+	inv, _ = os.ReadFile(filepath.Join(r.dir, "inventory.toml"))
+	os.WriteFile(filepath.Join(r.dir, "inventory.toml"), append(inv, []byte("\n[machines.fleet2]\nhost = \"h2\"\n")...), 0o644)
+	r.credvm("vars", "generate", "fleet2")
+	if out, err = onLaptop("deploy", "fleet2"); err != nil || !strings.Contains(out, "fleet2 on h2: created and started") {
+		t.Fatalf("deploy fleet2: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		bin := filepath.Join(h2.root, "var/lib/credvm/bin/credvm")
+		exec.Command(bin, "stop", "fleet2", "--state-dir", filepath.Join(h2.root, "var/lib/microvms"), "--shutdown-timeout", "1s").Run()
+	})
+	out, err = onLaptop("rotate", "fleet1", "fleet2")
+	for _, want := range []string{
+		"1. fleet1 (on h1): regenerate g (and dependents); restart, then healthy when its guest reports its credentials on h1",
+		"fleet1: rotated, restarted, healthy",
+		"fleet2: rotated and restarted, but UNHEALTHY: vm fleet2 on h2: its guest reports credentials cut: BIG",
+		"roll fleet2 back:  credvm vars rollback fleet2 big && credvm deploy fleet2",
+	} {
+		if err == nil || !strings.Contains(out, want) {
+			t.Errorf("rotation across hosts lacks %q: %v\n%s", want, err, out)
+		}
+	}
+	newSecret := r.credvm("vars", "get", "fleet1", "g/key")
+	if b, _ := os.ReadFile(console); newSecret == secret || !bytes.Contains(b, []byte(sha([]byte(newSecret))+" KEY")) {
+		t.Errorf("fleet1's guest on h1 did not get its rotated secret")
+	}
+
 	if out, err = onLaptop("stop", "fleet1"); err != nil {
 		t.Errorf("stop over ssh: %v\n%s", err, out)
 	}
@@ -246,10 +288,11 @@ KEY = { var = "g/key" }
 		t.Errorf("deploy to a host whose key changed: %v\n%s", err, out)
 	}
 
-	// A host whose sshd is gone: unreachable, and list still answers.
+	// A host whose sshd is gone: unreachable, and list still answers for
+	// the others.
 	h1.stop()
 	out, err = onLaptop("list")
-	if err != nil || !strings.Contains(out, "host h1: unreachable (") {
+	if err != nil || !strings.Contains(out, "host h1: unreachable (") || !strings.Contains(out, "host h2:") {
 		t.Errorf("list with h1 down: %v\n%s", err, out)
 	}
 }

@@ -8,7 +8,9 @@
 package main
 
 import (
+	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,9 +76,9 @@ func run() int {
 	if strings.Contains(string(cmdline), "credvm.idle") {
 		// Stay up until the host stops the VM (tests of the lifecycle).
 		fmt.Fprintf(out, "%sidle\n", guest.ReportPrefix)
-		for {
-			time.Sleep(time.Hour) // (a bare select{} is a deadlock to Go's runtime)
-		}
+		waitPowerButton() // the host's system_powerdown: power off, as systemd-logind would
+		fmt.Fprintf(out, "%spower button: powering off\n", guest.ReportPrefix)
+		return 0
 	}
 	if !ok {
 		return 1
@@ -196,6 +198,34 @@ func configureNet(out *os.File, cidr string) {
 		return
 	}
 	fmt.Fprintf(out, "%snet: no interface\n", guest.ReportPrefix)
+}
+
+// waitPowerButton blocks until the ACPI power button (KEY_POWER on an
+// input device, the button module's) is pressed; without one, forever.
+func waitPowerButton() {
+	const keyPower, evKey = 116, 1
+	devs, _ := filepath.Glob("/dev/input/event*")
+	pressed := make(chan struct{}, 1)
+	for _, d := range devs {
+		go func() {
+			f, err := os.Open(d)
+			if err != nil {
+				return
+			}
+			ev := make([]byte, 24) // struct input_event on 64-bit
+			for {
+				if _, err := io.ReadFull(f, ev); err != nil {
+					return
+				}
+				typ, code, value := binary.LittleEndian.Uint16(ev[16:]), binary.LittleEndian.Uint16(ev[18:]), binary.LittleEndian.Uint32(ev[20:])
+				if typ == evKey && code == keyPower && value == 1 {
+					pressed <- struct{}{}
+					return
+				}
+			}
+		}()
+	}
+	<-pressed
 }
 
 func powerOff() {

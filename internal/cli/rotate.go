@@ -6,11 +6,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/credvm/credvm/internal/fleet"
 	"github.com/credvm/credvm/internal/indent"
 	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/vm"
@@ -43,15 +45,33 @@ retention period (credvm.toml [history] retention, default 24h): see
   credvm rotate --tag app --generator app-vm-secrets`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			names, err := vm.Select(g.stateRoot(), args, tags, false)
-			if err != nil {
-				return err
-			}
 			user, err := sops.LoadUserIdentities()
 			if err != nil {
 				return err
 			}
-			o := vm.RotateOptions{Generators: gens, Start: *g.startOptions(timeout), User: user, Log: indent.Writer(g.stderr, "    ")}
+			// VMs placed on hosts (the inventory says so) rotate there.
+			local, placedNames := args, []string(nil)
+			var remotes []vm.RemoteVM
+			if r, rerr := g.openRepo(); rerr == nil && len(r.Inventory.Hosts) > 0 {
+				all := args
+				if len(args) == 0 || len(tags) > 0 {
+					if all, err = r.Select(args, tags); err != nil {
+						return err
+					}
+				}
+				placedNames = placed(r, all)
+				local = slices.DeleteFunc(slices.Clone(args), func(n string) bool { return slices.Contains(placedNames, n) })
+				if remotes, err = fleet.Remotes(r, user, placedNames, func(f string, a ...any) { fmt.Fprintf(g.stderr, "    "+f+"\n", a...) }); err != nil {
+					return err
+				}
+			}
+			var names []string
+			if len(args) == 0 || len(local) > 0 || len(tags) > 0 {
+				if names, err = vm.Select(g.stateRoot(), local, tags, false); err != nil && len(remotes) == 0 {
+					return err
+				}
+			}
+			o := vm.RotateOptions{Generators: gens, Start: *g.startOptions(timeout), User: user, Log: indent.Writer(g.stderr, "    "), Remotes: remotes}
 			if err := g.promptOptions(prompts, &o.Generate); err != nil {
 				return err
 			}
@@ -118,6 +138,13 @@ func printRotationPlan(w io.Writer, rot *vm.Rotation) {
 		if s.Running {
 			restart = "restart, then healthy when " + s.Check
 		}
-		fmt.Fprintf(w, "  %d. %s: regenerate %s (and dependents); %s\n", i+1, s.Name, strings.Join(s.Generators, ", "), restart)
+		where := ""
+		if s.Host != "" {
+			where = " (on " + s.Host + ")"
+			if !s.Running {
+				restart = "not running there: deployed, new secrets at its next start"
+			}
+		}
+		fmt.Fprintf(w, "  %d. %s%s: regenerate %s (and dependents); %s\n", i+1, s.Name, where, strings.Join(s.Generators, ", "), restart)
 	}
 }

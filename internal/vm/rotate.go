@@ -69,9 +69,33 @@ type RotationStep struct {
 	// Err is why it failed.
 	Err error `json:"-"`
 
+	// Host is the host the VM is placed on ("": this one).
+	Host string `json:"host,omitempty"`
+
 	state   StateDir
 	machine *spec.Machine
 	repo    *repo.Repo
+	remote  Remote
+}
+
+// Remote is a VM placed on another host, as a rotation drives it there
+// (package fleet implements it over SSH).
+type Remote interface {
+	// Running reports whether the VM runs on its host.
+	Running(ctx context.Context) (bool, error)
+	// Deploy sends the VM's new vars and restarts it there if it runs.
+	Deploy(ctx context.Context) error
+	// WaitHealthy waits for the restarted VM's guest to report its
+	// credentials (its receipt) on the host.
+	WaitHealthy(ctx context.Context) error
+}
+
+// RemoteVM is a placed VM for PlanRotation.
+type RemoteVM struct {
+	Name, Host string
+	Repo       *repo.Repo
+	Machine    *spec.Machine
+	Remote     Remote
 }
 
 // Rotation is a planned or finished rollout.
@@ -86,6 +110,9 @@ type Rotation struct {
 // RotateOptions configure a rotation.
 type RotateOptions struct {
 	States []StateDir
+	// Remotes are the VMs placed on other hosts, rotated after the local
+	// ones, one at a time too.
+	Remotes []RemoteVM
 	// Generators limits the rotation to these generators and their
 	// dependents; none rotates every generator.
 	Generators []string
@@ -126,6 +153,28 @@ func PlanRotation(o RotateOptions) (*Rotation, error) {
 		step.Running, _ = s.Running()
 		if step.Running {
 			step.Check = HealthCheck(m)
+		}
+		rot.Steps = append(rot.Steps, step)
+	}
+	for _, rv := range o.Remotes {
+		step := &RotationStep{Name: rv.Name, Host: rv.Host, machine: rv.Machine, repo: rv.Repo, remote: rv.Remote, Generators: o.Generators}
+		for _, gen := range o.Generators {
+			if rv.Machine.Vars.Generators[gen] == nil {
+				return nil, fmt.Errorf("vm %s has no generator %q (see %s)", rv.Name, gen, rv.Machine.File)
+			}
+		}
+		if len(o.Generators) == 0 {
+			for _, gen := range rv.Machine.SortedGenerators() {
+				step.Generators = append(step.Generators, gen.Name)
+			}
+		}
+		running, err := rv.Remote.Running(context.Background())
+		if err != nil {
+			return nil, fmt.Errorf("vm %s on %s: %w", rv.Name, rv.Host, err)
+		}
+		step.Running = running
+		if running {
+			step.Check = "its guest reports its credentials on " + rv.Host
 		}
 		rot.Steps = append(rot.Steps, step)
 	}
@@ -180,6 +229,19 @@ func (rot *Rotation) rotateOne(ctx context.Context, step *RotationStep, o Rotate
 	if _, err := e.Generate(ctx, []*spec.Machine{step.machine}, g); err != nil {
 		return RegenerateFailed, err
 	}
+	if step.remote != nil {
+		// Deployed whether it runs or not: its host keeps its vars.
+		if err := step.remote.Deploy(ctx); err != nil {
+			return RestartFailed, err
+		}
+		if !step.Running {
+			return RotatedNotRunning, nil
+		}
+		if err := step.remote.WaitHealthy(ctx); err != nil {
+			return Unhealthy, err
+		}
+		return Healthy, nil
+	}
 	if !step.Running {
 		return RotatedNotRunning, nil
 	}
@@ -215,6 +277,9 @@ func (rot *Rotation) RollbackCommand() string {
 	var rb []string
 	for _, gen := range f.Generators {
 		rb = append(rb, "credvm vars rollback "+f.Name+" "+gen)
+	}
+	if f.remote != nil {
+		return strings.Join(rb, " && ") + " && credvm deploy " + f.Name
 	}
 	return strings.Join(rb, " && ") + " && credvm restart " + f.Name
 }
