@@ -268,6 +268,27 @@ BIG = { var = "big/v" }
 		t.Errorf("fleet1's guest on h1 did not get its rotated secret")
 	}
 
+	// Move fleet1, running, from h1 to h2: the same secret in the guest,
+	// gone from h1, placed on h2 in the inventory.
+	out, err = onLaptop("move", "fleet1", "--to", "h2")
+	if err != nil || !strings.Contains(out, "fleet1: moved from h1 to h2") {
+		t.Fatalf("move: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		bin := filepath.Join(h2.root, "var/lib/credvm/bin/credvm")
+		exec.Command(bin, "stop", "fleet1", "--state-dir", filepath.Join(h2.root, "var/lib/microvms"), "--shutdown-timeout", "1s").Run()
+	})
+	if b, _ := os.ReadFile(filepath.Join(h2.root, "var/lib/microvms/fleet1/console.log")); !bytes.Contains(b, []byte(sha([]byte(newSecret))+" KEY")) {
+		t.Errorf("fleet1's guest on h2 does not have its secret:\n%s", grepLines(string(b), "credvm-guest:"))
+	}
+	if _, err := os.Stat(filepath.Join(h1.root, "var/lib/microvms/fleet1")); err == nil {
+		t.Errorf("fleet1 is still on h1 after the move")
+	}
+	if inv, _ := os.ReadFile(filepath.Join(r.dir, "inventory.toml")); !strings.Contains(string(inv), "[machines.fleet1]\nhost = \"h2\"") {
+		t.Errorf("the placement was not recorded:\n%s", inv)
+	}
+	console = filepath.Join(h2.root, "var/lib/microvms/fleet1/console.log")
+
 	if out, err = onLaptop("stop", "fleet1"); err != nil {
 		t.Errorf("stop over ssh: %v\n%s", err, out)
 	}
@@ -284,8 +305,8 @@ BIG = { var = "big/v" }
 	if err == nil || !strings.Contains(out, "~ host h1: its key changed from ") {
 		t.Errorf("host add with a changed key: %v\n%s", err, out)
 	}
-	if out, err = onLaptop("deploy", "fleet1"); err == nil || !strings.Contains(out, "Host key verification failed") {
-		t.Errorf("deploy to a host whose key changed: %v\n%s", err, out)
+	if out, err = onLaptop("list"); !strings.Contains(out, "host h1: unreachable (") || !strings.Contains(out, "Host key verification failed") {
+		t.Errorf("a host whose key changed: %v\n%s", err, out)
 	}
 
 	// A host whose sshd is gone: unreachable, and list still answers for

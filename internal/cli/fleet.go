@@ -177,3 +177,44 @@ func (g *globals) remote(name string, args ...string) (ok bool, err error) {
 	g.stdout.Write(out)
 	return true, err
 }
+
+func newMoveCmd(g *globals) *cobra.Command {
+	var o fleet.MoveOptions
+	var to string
+	cmd := &cobra.Command{
+		Use:   "move NAME --to HOST",
+		Short: "Move a VM to another host: deploy there, stop here, start there, wait for its receipt, then remove it here",
+		Long: `Move a VM placed on a host to another: deploy it to the new host
+(created, not started), stop it on the old one, start it on the new one
+and wait until its guest reports its credentials; only then remove it from
+the old host and record the new placement in inventory.toml (committed in
+git). If anything fails after the stop, it is started again on the old
+host. Its secrets are not regenerated: the guest gets the same values.
+Volumes are not copied between hosts yet: a VM with volumes needs
+--without-volumes (fresh ones on the new host; the old ones stay).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if to == "" {
+				return errors.New("name the host with --to HOST")
+			}
+			r, err := g.openRepo()
+			if err != nil {
+				return err
+			}
+			ids, err := sops.LoadUserIdentities()
+			if err != nil {
+				return err
+			}
+			o.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }
+			res, err := fleet.Move(context.Background(), r, ids, args[0], to, o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "%s: moved from %s to %s\n", res.Machine, res.From, res.To)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "the host to move the VM to")
+	cmd.Flags().BoolVar(&o.WithoutVolumes, "without-volumes", false, "start it on the new host with fresh volumes")
+	return cmd
+}

@@ -99,7 +99,7 @@ vars/), or named with --repo or $CREDVM_REPO.`,
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "print more about what happens (never secret values)")
 	root.AddCommand(newVarsCmd(g), newGuestCmd(g), newRunCmd(g), newCredsCmd(g), newDemoCmd(g),
 		newCreateCmd(g), newUpdateCmd(g), newDestroyCmd(g), newStartCmd(g), newStopCmd(g), newRestartCmd(g),
-		newStatusCmd(g), newListCmd(g), newLogsCmd(g), newConsoleCmd(g), newSSHCmd(g), newMicrovmCmd(g), newSystemdCmd(g), newRotateCmd(g), newHostCmd(g), newDeployCmd(g),
+		newStatusCmd(g), newListCmd(g), newLogsCmd(g), newConsoleCmd(g), newSSHCmd(g), newMicrovmCmd(g), newSystemdCmd(g), newRotateCmd(g), newHostCmd(g), newDeployCmd(g), newMoveCmd(g),
 		newCloneCmd(g), newBackupCmd(g), newRestoreCmd(g), newImageCmd(g), newInitCmd(g))
 	strictGroups(root)
 	completeFlags(g, root)

@@ -93,6 +93,10 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 }
 
 func deployHost(ctx context.Context, r *repo.Repo, user *sops.Identities, hn string, machines []string, logf func(string, ...any)) []Deployed {
+	return deployHostOpts(ctx, r, user, hn, machines, true, logf)
+}
+
+func deployHostOpts(ctx context.Context, r *repo.Repo, user *sops.Identities, hn string, machines []string, start bool, logf func(string, ...any)) []Deployed {
 	fail := func(err error) []Deployed {
 		var out []Deployed
 		for _, m := range machines {
@@ -112,7 +116,7 @@ func deployHost(ctx context.Context, r *repo.Repo, user *sops.Identities, hn str
 	var out []Deployed
 	for _, m := range machines {
 		d := Deployed{Machine: m, Host: hn, Binary: binary}
-		if err := h.deployMachine(ctx, r, user, m, &d); err != nil {
+		if err := h.deployMachine(ctx, r, user, m, start, &d); err != nil {
 			d.Err = err.Error()
 		}
 		out = append(out, d)
@@ -157,7 +161,7 @@ func (h *Host) credvm(ctx context.Context, stdin io.Reader, args ...string) ([]b
 }
 
 // deployMachine sends one machine and creates or updates it on the host.
-func (h *Host) deployMachine(ctx context.Context, r *repo.Repo, user *sops.Identities, m string, d *Deployed) error {
+func (h *Host) deployMachine(ctx context.Context, r *repo.Repo, user *sops.Identities, m string, start bool, d *Deployed) error {
 	pub, err := r.ReadFile(r.Path("sops", "hosts", h.Name, "key.pub"))
 	if err != nil {
 		return err
@@ -195,6 +199,9 @@ func (h *Host) deployMachine(ctx context.Context, r *repo.Repo, user *sops.Ident
 	}
 	args := []string{"update", m, "-R"}
 	if d.Created {
+		if !start {
+			return nil
+		}
 		args = []string{"start", m}
 	}
 	out, err := h.credvm(ctx, nil, args...)
