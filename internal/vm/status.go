@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -163,12 +164,12 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 			st.Reasons = append(st.Reasons, "configuration changed since the last update")
 		}
 	}
-	if cur, err := reg.Machine(); err == nil && cur.Generated != nil {
-		switch v, err := in.flakeVersion(cur.Generated.Flake); {
+	if gen := generatedFrom(reg); gen != nil {
+		switch v, err := in.flakeVersion(gen.Flake); {
 		case err != nil:
 			st.Reasons = append(st.Reasons, "its flake cannot be read: "+FirstLine(err))
-		case v != cur.Generated.Version():
-			st.Reasons = append(st.Reasons, fmt.Sprintf("its flake %s changed since the last update (%s → %s)", cur.Generated.Flake, short(cur.Generated.Version()), short(v)))
+		case v != gen.Version():
+			st.Reasons = append(st.Reasons, fmt.Sprintf("its flake %s changed since the last update (%s → %s)", gen.Flake, short(gen.Version()), short(v)))
 		}
 	}
 	outdated := len(st.Reasons) > 0
@@ -295,4 +296,20 @@ func short(v string) string {
 		return v[:12]
 	}
 	return v
+}
+
+// generatedFrom is the flake a VM's machine file was evaluated from (nil:
+// none). Only a machine.json can be one, and only its "generated" key is
+// read: list inspects thousands of VMs.
+func generatedFrom(reg *Registration) *spec.Generated {
+	if !strings.HasSuffix(reg.Current.File, ".json") || !strings.Contains(reg.Current.Content, `"generated"`) {
+		return nil
+	}
+	var m struct {
+		Generated *spec.Generated `json:"generated"`
+	}
+	if json.Unmarshal([]byte(reg.Current.Content), &m) != nil {
+		return nil
+	}
+	return m.Generated
 }
