@@ -140,7 +140,10 @@ func TestFleet(t *testing.T) {
 		t.Errorf("host add: %s", out)
 	}
 
-	r.machine("fleet1", fastGuest("credvm.idle")+`
+	r.machine("fleet1", fastGuest("credvm.volume=data credvm.idle")+`
+[[vm.volumes]]
+image = "data.img"
+size = 16
 [vars.generators.g]
 script = 'head -c 24 /dev/urandom | od -An -tx1 | tr -d " \n" > "$out/key"'
 files.key = {}
@@ -281,8 +284,14 @@ BIG = { var = "big/v" }
 	if b, _ := os.ReadFile(filepath.Join(h2.root, "var/lib/microvms/fleet1/console.log")); !bytes.Contains(b, []byte(sha([]byte(newSecret))+" KEY")) {
 		t.Errorf("fleet1's guest on h2 does not have its secret:\n%s", grepLines(string(b), "credvm-guest:"))
 	}
-	if _, err := os.Stat(filepath.Join(h1.root, "var/lib/microvms/fleet1")); err == nil {
-		t.Errorf("fleet1 is still on h1 after the move")
+	if b, _ := os.ReadFile(filepath.Join(h2.root, "var/lib/microvms/fleet1/console.log")); !bytes.Contains(b, []byte("credvm-guest: volume data count 3")) {
+		t.Errorf("fleet1's volume did not move with it (its third boot should count 3):\n%s", grepLines(string(b), "credvm-guest: volume"))
+	}
+	if _, err := os.Stat(filepath.Join(h1.root, "var/lib/microvms/fleet1/vm.json")); err == nil {
+		t.Errorf("fleet1 is still registered on h1 after the move")
+	}
+	if _, err := os.Stat(filepath.Join(h1.root, "var/lib/microvms/fleet1/data.img")); err != nil {
+		t.Errorf("the old host's volume was not kept: %v", err)
 	}
 	if inv, _ := os.ReadFile(filepath.Join(r.dir, "inventory.toml")); !strings.Contains(string(inv), "[machines.fleet1]\nhost = \"h2\"") {
 		t.Errorf("the placement was not recorded:\n%s", inv)
@@ -295,6 +304,20 @@ BIG = { var = "big/v" }
 	if out, _ = onLaptop("status", "fleet1"); !strings.Contains(out, "stopped") {
 		t.Errorf("status after a remote stop:\n%s", out)
 	}
+
+	// A host that cannot be reached stops a rollout before it changes
+	// anything: no secret is regenerated for a VM that would not get it.
+	h2.stop()
+	exec.Command("pkill", "-f", "sshd.*"+h2.cfg).Run() // its sessions too
+	exec.Command("pkill", "-f", "ControlPath="+runtime).Run()
+	before := r.credvm("vars", "get", "fleet1", "g/key")
+	if out, err = onLaptop("rotate", "fleet1"); err == nil || !strings.Contains(out, "vm fleet1 on h2: host h2: ") {
+		t.Errorf("rotate with its host down: %v\n%s", err, out)
+	}
+	if r.credvm("vars", "get", "fleet1", "g/key") != before {
+		t.Errorf("a rotation that could not reach its host changed the secret")
+	}
+	h2.start(hostNS(t, h2))
 
 	// A changed host key is refused, by host add and by ssh itself.
 	h1.stop()

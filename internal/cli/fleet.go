@@ -190,8 +190,9 @@ and wait until its guest reports its credentials; only then remove it from
 the old host and record the new placement in inventory.toml (committed in
 git). If anything fails after the stop, it is started again on the old
 host. Its secrets are not regenerated: the guest gets the same values.
-Volumes are not copied between hosts yet: a VM with volumes needs
---without-volumes (fresh ones on the new host; the old ones stay).`,
+Its volumes (those in its state directory) are copied while it is stopped,
+through this machine, and checked by SHA-256 at both ends; the old host
+keeps its copies. --without-volumes starts it with fresh ones instead.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			if to == "" {
@@ -215,6 +216,6 @@ Volumes are not copied between hosts yet: a VM with volumes needs
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the host to move the VM to")
-	cmd.Flags().BoolVar(&o.WithoutVolumes, "without-volumes", false, "start it on the new host with fresh volumes")
+	cmd.Flags().BoolVar(&o.WithoutVolumes, "without-volumes", false, "start it on the new host with fresh volumes instead of copies")
 	return cmd
 }

@@ -2,8 +2,12 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"path/filepath"
 	"regexp"
+	"strings"
 
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
@@ -11,8 +15,8 @@ import (
 
 // MoveOptions configure Move.
 type MoveOptions struct {
-	// WithoutVolumes starts the VM with fresh volumes on the new host:
-	// required when it has volumes, which are not copied yet.
+	// WithoutVolumes starts the VM with fresh volumes on the new host
+	// instead of copying them (the old ones stay on the old host).
 	WithoutVolumes bool
 	Log            func(string, ...any)
 }
@@ -55,8 +59,10 @@ func Move(ctx context.Context, r *repo.Repo, user *sops.Identities, name, to str
 	if err != nil {
 		return nil, err
 	}
-	if len(m.VM.Volumes) > 0 && !o.WithoutVolumes {
-		return nil, fmt.Errorf("vm %s has volumes, which move does not copy between hosts yet: pass --without-volumes to start it on %s with fresh ones (its old volumes stay on %s)", name, to, from)
+	for _, v := range m.VM.Volumes {
+		if filepath.IsAbs(v.Image) && !o.WithoutVolumes {
+			return nil, fmt.Errorf("vm %s: volume %s is outside its state directory: copy it yourself and pass --without-volumes", name, v.Image)
+		}
 	}
 	res := &Moved{Machine: name, From: from, To: to}
 	logf("%s: deploying to %s", name, to)
@@ -85,6 +91,14 @@ func Move(ctx context.Context, r *repo.Repo, user *sops.Identities, name, to str
 		}
 		return cause
 	}
+	if !o.WithoutVolumes {
+		for _, v := range m.VM.Volumes {
+			logf("%s: copying volume %s from %s to %s", name, v.Image, from, to)
+			if err := copyVolume(ctx, old, dest, name, v.Image); err != nil {
+				return res, undo(err)
+			}
+		}
+	}
 	logf("%s: starting on %s", name, to)
 	if _, err := dest.credvm(ctx, nil, "start", name); err != nil {
 		return res, undo(err)
@@ -95,10 +109,14 @@ func Move(ctx context.Context, r *repo.Repo, user *sops.Identities, name, to str
 	if err := setPlacement(r, name, from, to); err != nil {
 		return res, err
 	}
-	if _, err := old.credvm(ctx, nil, "destroy", name); err == nil {
+	_, derr := old.credvm(ctx, nil, "destroy", name)
+	if _, err := old.credvm(ctx, nil, "status", name); err != nil && strings.Contains(err.Error(), "does not exist") {
 		res.Removed = true
-	} else {
-		logf("%s: left on %s: %v", name, from, err)
+		if derr != nil && len(m.VM.Volumes) > 0 {
+			logf("%s: removed from %s; its volumes stay there (%v)", name, from, derr)
+		}
+	} else if derr != nil {
+		logf("%s: left on %s: %v", name, from, derr)
 	}
 	return res, nil
 }
@@ -130,4 +148,40 @@ func setPlacement(r *repo.Repo, name, from, to string) error {
 		return r.Commit([]string{p}, fmt.Sprintf("move %s from %s to %s", name, from, to))
 	}
 	return nil
+}
+
+// copyVolume streams a stopped VM's volume from one host to the other
+// (through this machine: the hosts need not reach each other), written
+// beside its place and renamed there only when both ends' SHA-256 agree.
+func copyVolume(ctx context.Context, from, to *Host, name, image string) error {
+	src := from.Path(filepath.Join(HostState, name, image))
+	dst := to.Path(filepath.Join(HostState, name, image))
+	tmp := dst + ".credvm-move"
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		err := from.Stream(ctx, nil, pw, "cat", src)
+		pw.CloseWithError(err)
+		errc <- err
+	}()
+	werr := to.Stream(ctx, pr, nil, "sh", "-c", "umask 077 && cat > "+shellQuote(tmp))
+	pr.Close()
+	if err := errors.Join(<-errc, werr); err != nil {
+		to.Run(ctx, nil, "rm", "-f", tmp)
+		return fmt.Errorf("copying volume %s: %w", image, err)
+	}
+	a, err := from.Run(ctx, nil, "sha256sum", src)
+	if err != nil {
+		return err
+	}
+	b, err := to.Run(ctx, nil, "sha256sum", tmp)
+	if err != nil {
+		return err
+	}
+	if fa, fb := strings.Fields(string(a)), strings.Fields(string(b)); len(fa) == 0 || len(fb) == 0 || fa[0] != fb[0] {
+		to.Run(ctx, nil, "rm", "-f", tmp)
+		return fmt.Errorf("copying volume %s: the copy's SHA-256 differs from the original's", image)
+	}
+	_, err = to.Run(ctx, nil, "mv", tmp, dst)
+	return err
 }

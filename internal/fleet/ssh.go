@@ -134,6 +134,27 @@ func (h *Host) Run(ctx context.Context, stdin io.Reader, argv ...string) ([]byte
 	return out, nil
 }
 
+// Stream runs argv on the host with stdin and stdout streamed, never held
+// in memory (a volume's image).
+func (h *Host) Stream(ctx context.Context, stdin io.Reader, stdout io.Writer, argv ...string) error {
+	args, err := h.sshArgs()
+	if err != nil {
+		return err
+	}
+	quoted := make([]string, len(argv))
+	for i, a := range argv {
+		quoted[i] = shellQuote(a)
+	}
+	cmd := exec.CommandContext(ctx, "ssh", append(args, strings.Join(quoted, " "))...)
+	cmd.Stdin, cmd.Stdout = stdin, stdout
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("host %s: %v: %s", h.Name, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
 // shellQuote quotes s for a POSIX shell.
 func shellQuote(s string) string {
 	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:@,+%") == "" {

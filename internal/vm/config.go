@@ -64,7 +64,14 @@ func (cfg *Config) unchanged(r *repo.Repo, path string) bool {
 	if cfg.Files == nil || path != cfg.File {
 		return false
 	}
-	b, err := r.ReadFile(path)
+	// A hint only — a regular file of the recorded size and content — so
+	// read directly, not through the confined filesystem (which walks
+	// every component: list inspects thousands of VMs). Anything else is
+	// "maybe changed", and the parse that follows reads it confined.
+	if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() || fi.Size() != int64(len(cfg.Content)) {
+		return false
+	}
+	b, err := os.ReadFile(path)
 	if err != nil || string(b) != cfg.Content {
 		return false
 	}

@@ -243,6 +243,9 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 // varsProblem adds a reason when the VM's vars are missing or outdated —
 // a start would be refused — and returns the command that fixes them.
 func (in *Inspector) varsProblem(st *Status, r *repo.Repo, reg *Registration) string {
+	if !strings.Contains(reg.Current.Content, "generators") {
+		return "" // no generators, no vars: not worth a parse per VM
+	}
 	m, err := reg.Machine()
 	if err != nil {
 		return ""
