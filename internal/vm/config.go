@@ -60,7 +60,7 @@ func fileIdentity(p string) string {
 // unchanged reports, cheaply, whether the machine file at path still has
 // the content of cfg and every file it boots from the same identity —
 // without parsing anything. false means "maybe changed": parse to know.
-func (cfg *Config) unchanged(r *repo.Repo, path string) bool {
+func (cfg *Config) unchanged(path string, identity func(string) string) bool {
 	if cfg.Files == nil || path != cfg.File {
 		return false
 	}
@@ -76,7 +76,7 @@ func (cfg *Config) unchanged(r *repo.Repo, path string) bool {
 		return false
 	}
 	for p, id := range cfg.Files {
-		if fileIdentity(p) != id {
+		if identity(p) != id {
 			return false
 		}
 	}

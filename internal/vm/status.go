@@ -80,6 +80,27 @@ type Inspector struct {
 	mu     sync.Mutex
 	repos  map[string]*repoResult
 	flakes map[string]string // flake → its current version ("": unreadable)
+	// files are boot files' identities, stat'ed once per inspection: a
+	// fleet host's thousands of VMs boot the same few kernels.
+	files map[string]string
+}
+
+// fileIdentity is fileIdentity, once per path per Inspector.
+func (in *Inspector) fileIdentity(p string) string {
+	in.mu.Lock()
+	id, ok := in.files[p]
+	in.mu.Unlock()
+	if ok {
+		return id
+	}
+	id = fileIdentity(p)
+	in.mu.Lock()
+	if in.files == nil {
+		in.files = map[string]string{}
+	}
+	in.files[p] = id
+	in.mu.Unlock()
+	return id
 }
 
 // flakeVersion is a flake's current version, asked of nix once per
@@ -156,7 +177,7 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 	if err != nil {
 		st.Reasons = append(st.Reasons, "repository unreadable: "+err.Error())
 	}
-	if r != nil && !reg.Current.unchanged(r, r.Path("machines", s.Name, filepath.Base(reg.Current.File))) {
+	if r != nil && !reg.Current.unchanged(r.Path("machines", s.Name, filepath.Base(reg.Current.File)), in.fileIdentity) {
 		repoMachine, err := r.Machine(s.Name)
 		if err != nil {
 			st.Reasons = append(st.Reasons, "machine file unreadable: "+FirstLine(err))
