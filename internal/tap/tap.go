@@ -46,14 +46,7 @@ func Ensure(n spec.Interface, uid, gid int) (*Device, error) {
 }
 
 func ensureTap(n spec.Interface, uid, gid int) (*Device, error) {
-	d := &Device{Name: n.ID}
-	link, err := netlink.LinkByName(n.ID)
-	switch {
-	case err == nil:
-		if _, ok := link.(*netlink.Tuntap); !ok {
-			return nil, fmt.Errorf("interface %s exists and is a %s, not a tap: rename id in [[vm.interfaces]] or remove it", n.ID, link.Type())
-		}
-	case isNotFound(err):
+	d, link, err := findOrCreate(n, "tap", func(l netlink.Link) bool { _, ok := l.(*netlink.Tuntap); return ok }, func() error {
 		t := &netlink.Tuntap{
 			LinkAttrs: netlink.LinkAttrs{Name: n.ID},
 			Mode:      netlink.TUNTAP_MODE_TAP,
@@ -66,24 +59,46 @@ func ensureTap(n spec.Interface, uid, gid int) (*Device, error) {
 			t.Queues = 1
 		}
 		if err := netlink.LinkAdd(t); err != nil {
-			return nil, explain(n.ID, "create tap", err, fmt.Sprintf("ip tuntap add %s mode tap user %d vnet_hdr", n.ID, uid))
+			return explain(n.ID, "create tap", err, fmt.Sprintf("ip tuntap add %s mode tap user %d vnet_hdr", n.ID, uid))
 		}
 		for _, f := range t.Fds {
 			f.Close()
 		}
-		d.Created = true
-		if link, err = netlink.LinkByName(n.ID); err != nil {
-			d.Remove()
-			return nil, fmt.Errorf("interface %s: created, then not found: %w", n.ID, err)
-		}
-	default:
-		return nil, explain(n.ID, "look up", err, "")
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if err := attach(link, n); err != nil {
 		d.Remove()
 		return nil, err
 	}
 	return d, nil
+}
+
+// findOrCreate finds interface n, which must be of the kind is accepts, or
+// creates it with create; the Device says whether credvm made it.
+func findOrCreate(n spec.Interface, kind string, is func(netlink.Link) bool, create func() error) (*Device, netlink.Link, error) {
+	d := &Device{Name: n.ID}
+	link, err := netlink.LinkByName(n.ID)
+	switch {
+	case err == nil:
+		if !is(link) {
+			return nil, nil, fmt.Errorf("interface %s exists and is a %s, not a %s: rename id in [[vm.interfaces]] or remove it", n.ID, link.Type(), kind)
+		}
+		return d, link, nil
+	case !isNotFound(err):
+		return nil, nil, explain(n.ID, "look up", err, "")
+	}
+	if err := create(); err != nil {
+		return nil, nil, err
+	}
+	d.Created = true
+	if link, err = netlink.LinkByName(n.ID); err != nil {
+		d.Remove()
+		return nil, nil, fmt.Errorf("interface %s: created, then not found: %w", n.ID, err)
+	}
+	return d, link, nil
 }
 
 // attach puts the interface on its bridge, if any, and brings it up.
@@ -118,29 +133,19 @@ func ensureMacvtap(n spec.Interface, uid, gid int) (*Device, error) {
 	if err != nil {
 		return nil, explain(n.ID, "look up link "+n.Link, err, "")
 	}
-	d := &Device{Name: n.ID}
-	link, err := netlink.LinkByName(n.ID)
-	switch {
-	case err == nil:
-		if _, ok := link.(*netlink.Macvtap); !ok {
-			return nil, fmt.Errorf("interface %s exists and is a %s, not a macvtap: rename id in [[vm.interfaces]] or remove it", n.ID, link.Type())
-		}
-	case isNotFound(err):
+	d, link, err := findOrCreate(n, "macvtap", func(l netlink.Link) bool { _, ok := l.(*netlink.Macvtap); return ok }, func() error {
 		attrs := netlink.LinkAttrs{Name: n.ID, ParentIndex: parent.Attrs().Index}
 		if n.MAC != "" {
 			attrs.HardwareAddr, _ = net.ParseMAC(n.MAC)
 		}
 		mv := &netlink.Macvtap{Macvlan: netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}}
 		if err := netlink.LinkAdd(mv); err != nil {
-			return nil, explain(n.ID, "create macvtap on "+n.Link, err, fmt.Sprintf("ip link add link %s name %s type macvtap mode bridge", n.Link, n.ID))
+			return explain(n.ID, "create macvtap on "+n.Link, err, fmt.Sprintf("ip link add link %s name %s type macvtap mode bridge", n.Link, n.ID))
 		}
-		d.Created = true
-		if link, err = netlink.LinkByName(n.ID); err != nil {
-			d.Remove()
-			return nil, fmt.Errorf("interface %s: created, then not found: %w", n.ID, err)
-		}
-	default:
-		return nil, explain(n.ID, "look up", err, "")
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		d.Remove()
