@@ -245,20 +245,38 @@ files.v = {}
 [credentials]
 BIG = { var = "big/v" }
 `)
+	// A third VM, on h1: deployed with fleet2 in one command, the two
+	// hosts in parallel.
+	r.machine("fleet3", fastGuest("credvm.idle")+`
+[vars.generators.g]
+script = 'head -c 24 /dev/urandom | od -An -tx1 | tr -d " \n" > "$out/key"'
+files.key = {}
+[credentials]
+KEY = { var = "g/key" }
+`)
 	inv, _ = os.ReadFile(filepath.Join(r.dir, "inventory.toml"))
-	os.WriteFile(filepath.Join(r.dir, "inventory.toml"), append(inv, []byte("\n[machines.fleet2]\nhost = \"h2\"\n")...), 0o644)
-	r.credvm("vars", "generate", "fleet2")
-	if out, err = onLaptop("deploy", "fleet2"); err != nil || !strings.Contains(out, "fleet2 on h2: created and started") {
-		t.Fatalf("deploy fleet2: %v\n%s", err, out)
-	}
+	os.WriteFile(filepath.Join(r.dir, "inventory.toml"), append(inv, []byte("\n[machines.fleet2]\nhost = \"h2\"\n\n[machines.fleet3]\nhost = \"h1\"\n")...), 0o644)
+	r.credvm("vars", "generate", "fleet2", "fleet3")
 	t.Cleanup(func() {
-		bin := filepath.Join(h2.root, "var/lib/credvm/bin/credvm")
-		exec.Command(bin, "stop", "fleet2", "--state-dir", filepath.Join(h2.root, "var/lib/microvms"), "--shutdown-timeout", "1s").Run()
+		for _, c := range []struct {
+			h  *testHost
+			vm string
+		}{{h2, "fleet2"}, {h1, "fleet3"}} {
+			bin := filepath.Join(c.h.root, "var/lib/credvm/bin/credvm")
+			exec.Command(bin, "stop", c.vm, "--state-dir", filepath.Join(c.h.root, "var/lib/microvms"), "--shutdown-timeout", "1s").Run()
+		}
 	})
-	out, err = onLaptop("rotate", "fleet1", "fleet2")
+	if out, err = onLaptop("deploy", "fleet2", "fleet3"); err != nil || !strings.Contains(out, "fleet2 on h2: created and started") || !strings.Contains(out, "fleet3 on h1: created and started") {
+		t.Fatalf("deploy fleet2 fleet3: %v\n%s", err, out)
+	}
+	if out, _ = onLaptop("list"); strings.Count(out, "fleet") != 3 || !strings.Contains(out, "host h2:") {
+		t.Errorf("list of three VMs on two hosts:\n%s", out)
+	}
+	out, err = onLaptop("rotate", "fleet1", "fleet3", "fleet2")
 	for _, want := range []string{
 		"1. fleet1 (on h1): regenerate g (and dependents); restart, then healthy when its guest reports its credentials on h1",
 		"fleet1: rotated, restarted, healthy",
+		"fleet3: rotated, restarted, healthy",
 		"fleet2: rotated and restarted, but UNHEALTHY: vm fleet2 on h2: its guest reports credentials cut: BIG",
 		"roll fleet2 back:  credvm vars rollback fleet2 big && credvm deploy fleet2",
 	} {
