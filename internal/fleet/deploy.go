@@ -166,15 +166,19 @@ func (h *Host) deployMachine(ctx context.Context, r *repo.Repo, user *sops.Ident
 	if err != nil {
 		return err
 	}
-	ids, err := r.MachineIdentity(m, user)
-	if err != nil {
-		return fmt.Errorf("the machine key (decrypted with yours, to seal it to the host): %w", err)
-	}
-	raw := []byte(ids.Raw())
-	sealed, err := sops.SealToSSH(raw, strings.TrimSpace(string(pub)))
-	clear(raw)
-	if err != nil {
-		return err
+	// A machine with no vars has no machine key: nothing to seal.
+	var sealed []byte
+	if r.Exists(filepath.Join(r.MachinePaths(m).PrivateKey, "secret")) {
+		ids, err := r.MachineIdentity(m, user)
+		if err != nil {
+			return fmt.Errorf("the machine key (decrypted with yours, to seal it to the host): %w", err)
+		}
+		raw := []byte(ids.Raw())
+		sealed, err = sops.SealToSSH(raw, strings.TrimSpace(string(pub)))
+		clear(raw)
+		if err != nil {
+			return err
+		}
 	}
 	var archive bytes.Buffer
 	if _, err := backup.Write(&archive, r, "", []string{m}, backup.Options{}); err != nil {
@@ -194,8 +198,10 @@ func (h *Host) deployMachine(ctx context.Context, r *repo.Repo, user *sops.Ident
 		}
 		d.Created = true
 	}
-	if _, err := h.credvm(ctx, bytes.NewReader(sealed), "host", "install-key", m, "--host-key", h.Path(HostKey)); err != nil {
-		return err
+	if sealed != nil {
+		if _, err := h.credvm(ctx, bytes.NewReader(sealed), "host", "install-key", m, "--host-key", h.Path(HostKey)); err != nil {
+			return err
+		}
 	}
 	args := []string{"update", m, "-R"}
 	if d.Created {
