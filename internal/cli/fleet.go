@@ -79,7 +79,38 @@ refused until confirmed again.`,
 		},
 	}
 	installKey.Flags().StringVar(&hostKey, "host-key", vm.DefaultHostKey, "the host key the sealed key opens with")
-	cmd.AddCommand(add, installKey)
+	var listJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the inventory's hosts: address, pinned key's fingerprint, VMs placed there",
+		Args:  cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			r, err := g.openRepo()
+			if err != nil {
+				return err
+			}
+			hosts := fleet.Hosts(r)
+			if listJSON {
+				return g.printJSON(hosts)
+			}
+			if len(hosts) == 0 {
+				fmt.Fprintln(g.stdout, "no hosts in inventory.toml (credvm host add NAME USER@ADDRESS)")
+				return nil
+			}
+			tw := table(g.stdout)
+			fmt.Fprintln(tw, "HOST\tSSH\tKEY\tVMS")
+			for _, h := range hosts {
+				fp := h.Fingerprint
+				if fp == "" {
+					fp = "not pinned: credvm host add " + h.Name + " " + h.SSH
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", h.Name, h.SSH, fp, strings.Join(h.Machines, ", "))
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&listJSON, "json", false, "print as JSON")
+	cmd.AddCommand(add, list, installKey)
 	return cmd
 }
 

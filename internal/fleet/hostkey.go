@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -138,4 +139,35 @@ func scan(h spec.Host) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s answered with no ssh-ed25519 host key (is sshd running there, on port %s?)", addr, map[bool]string{true: port, false: "22"}[port != ""])
+}
+
+// HostInfo is one host of the inventory, as host list shows it.
+type HostInfo struct {
+	Name        string   `json:"name"`
+	SSH         string   `json:"ssh"`
+	Fingerprint string   `json:"fingerprint"` // "" when no key is pinned
+	Machines    []string `json:"machines"`
+}
+
+// Hosts lists the inventory's hosts with their pinned keys and the
+// machines placed on them.
+func Hosts(r *repo.Repo) []HostInfo {
+	var out []HostInfo
+	for name, h := range r.Inventory.Hosts {
+		hi := HostInfo{Name: name, SSH: h.SSH, Machines: []string{}}
+		if b, err := r.ReadFile(r.Path("sops", "hosts", name, "key.pub")); err == nil {
+			if pk, _, _, _, err := ssh.ParseAuthorizedKey(b); err == nil {
+				hi.Fingerprint = ssh.FingerprintSHA256(pk)
+			}
+		}
+		for m := range r.Inventory.Machines {
+			if r.Inventory.HostOf(m) == name {
+				hi.Machines = append(hi.Machines, m)
+			}
+		}
+		slices.Sort(hi.Machines)
+		out = append(out, hi)
+	}
+	slices.SortFunc(out, func(a, b HostInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
