@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 // paths and /etc/ssh, and its own sshd with its own host key.
 type testHost struct {
 	t       *testing.T
+	ns      *netns
 	name    string
 	addr    string
 	root    string
@@ -44,7 +46,7 @@ func startTestHost(t *testing.T, laptop *netns, name, laptopAddr, addr, authoriz
 	}
 	os.Chmod(root, 0o755)
 	t.Cleanup(func() { os.RemoveAll(root) })
-	h := &testHost{t: t, name: name, addr: addr, root: root}
+	h := &testHost{t: t, ns: ns, name: name, addr: addr, root: root}
 	os.MkdirAll(filepath.Join(root, "etc/ssh"), 0o755)
 	h.newHostKey()
 	os.MkdirAll("/run/sshd", 0o755)
@@ -138,6 +140,9 @@ func TestFleet(t *testing.T) {
 	}
 	if !strings.Contains(out, "host h1 (root@10.79.0.2): key "+h1.hostPub+" pinned") {
 		t.Errorf("host add: %s", out)
+	}
+	if out, err = onLaptop("host", "list"); err != nil || !regexp.MustCompile(`(?m)^h1 +root@10\.79\.0\.2 +`+regexp.QuoteMeta(h1.hostPub)+` *$`).MatchString(out) {
+		t.Errorf("host list: %v\n%s", err, out)
 	}
 
 	r.machine("fleet1", fastGuest("credvm.volume=data credvm.idle")+`
@@ -335,12 +340,12 @@ KEY = { var = "g/key" }
 	if r.credvm("vars", "get", "fleet1", "g/key") != before {
 		t.Errorf("a rotation that could not reach its host changed the secret")
 	}
-	h2.start(hostNS(t, h2))
+	h2.start(h2.ns)
 
 	// A changed host key is refused, by host add and by ssh itself.
 	h1.stop()
 	h1.newHostKey()
-	h1.start(hostNS(t, h1))
+	h1.start(h1.ns)
 	exec.Command("pkill", "-f", "ControlPath="+runtime).Run()
 	out, err = onLaptop("host", "add", "h1", "root@10.79.0.2", "--ssh-option", "IdentityFile="+id, "--root", h1.root)
 	if err == nil || !strings.Contains(out, "~ host h1: its key changed from ") {
@@ -357,23 +362,6 @@ KEY = { var = "g/key" }
 	if err != nil || !strings.Contains(out, "host h1: unreachable (") || !strings.Contains(out, "host h2:") {
 		t.Errorf("list with h1 down: %v\n%s", err, out)
 	}
-}
-
-// hostNS is the namespace a test host's sshd runs in.
-func hostNS(t *testing.T, h *testHost) *netns {
-	// The host's namespace is the one whose veth end is hv-<name>.
-	list, _ := exec.Command("ip", "netns", "list").Output()
-	for _, l := range strings.Split(string(list), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 0 {
-			continue
-		}
-		if o, _ := exec.Command("ip", "-n", f[0], "link", "show", "hv-"+h.name).CombinedOutput(); !strings.Contains(string(o), "does not exist") && len(o) > 0 {
-			return &netns{t: t, name: f[0]}
-		}
-	}
-	t.Fatalf("no namespace for host %s", h.name)
-	return nil
 }
 
 func lastLine(b []byte) []byte {
