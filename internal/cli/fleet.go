@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/credvm/credvm/internal/fleet"
 	"github.com/credvm/credvm/internal/repo"
@@ -204,9 +205,29 @@ func (g *globals) remote(name string, args ...string) (ok bool, err error) {
 	if err != nil {
 		return true, err
 	}
-	out, err := h.Lifecycle(context.Background(), append(args, name)...)
-	g.stdout.Write(out)
-	return true, err
+	// Streamed, not collected: logs -f follows the host's console.
+	return true, h.LifecycleStream(context.Background(), g.stdout, append(args, name)...)
+}
+
+// forwardedFlags are the flags a command was given that its host's
+// credvm takes too (the command's own, not the global ones, nor --tag:
+// the names are resolved here), as --name=value arguments.
+func forwardedFlags(cmd *cobra.Command) []string {
+	var out []string
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		switch f.Name {
+		case "repo", "state-dir", "verbose", "tag":
+			return
+		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			for _, v := range sv.GetSlice() {
+				out = append(out, "--"+f.Name+"="+v)
+			}
+			return
+		}
+		out = append(out, "--"+f.Name+"="+f.Value.String())
+	})
+	return out
 }
 
 func newMoveCmd(g *globals) *cobra.Command {

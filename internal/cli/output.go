@@ -155,8 +155,8 @@ func (g *globals) newVMsCmd(use, short string, run func(names []string) error) *
 		Use: use, Short: short,
 		Args:              cobra.ArbitraryArgs,
 		ValidArgsFunction: vmCompletion(g),
-		RunE: func(_ *cobra.Command, args []string) error {
-			local, remoteErr := g.onHosts(strings.Fields(use)[0], args)
+		RunE: func(c *cobra.Command, args []string) error {
+			local, remoteErr := g.onHosts(append([]string{strings.Fields(use)[0]}, forwardedFlags(c)...), args)
 			if len(args) > 0 && len(local) == 0 {
 				return remoteErr
 			}
@@ -174,10 +174,10 @@ func (g *globals) newVMsCmd(use, short string, run func(names []string) error) *
 // onHosts runs verb on the host of each named VM placed on one (the
 // repository's inventory says where) and returns the names that are
 // local.
-func (g *globals) onHosts(verb string, names []string) (local []string, err error) {
+func (g *globals) onHosts(verb []string, names []string) (local []string, err error) {
 	var errs []error
 	for _, n := range names {
-		ok, rerr := g.remote(n, verb)
+		ok, rerr := g.remote(n, verb...)
 		if !ok {
 			local = append(local, n)
 		}
@@ -192,8 +192,8 @@ func (g *globals) newVMCmd(use, short string, run func(s vm.StateDir) error) *co
 		Use: use, Short: short,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: vmCompletion(g),
-		RunE: func(_ *cobra.Command, args []string) error {
-			if ok, err := g.remote(args[0], strings.Fields(use)[0]); ok {
+		RunE: func(c *cobra.Command, args []string) error {
+			if ok, err := g.remote(args[0], append([]string{strings.Fields(use)[0]}, forwardedFlags(c)...)...); ok {
 				return err
 			}
 			return run(g.state(args[0]))

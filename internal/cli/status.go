@@ -30,7 +30,7 @@ lines of its console. --json prints a list, one object per VM.`,
 		Args:              cobra.ArbitraryArgs,
 		ValidArgsFunction: vmCompletion(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			local, remoteErr := g.onHosts("status", args)
+			local, remoteErr := g.onHosts(append([]string{"status"}, forwardedFlags(cmd)...), args)
 			if len(args) > 0 && len(local) == 0 {
 				return remoteErr
 			}

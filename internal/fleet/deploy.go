@@ -265,3 +265,10 @@ func List(ctx context.Context, r *repo.Repo, asJSON bool) []Listing {
 	wg.Wait()
 	return out
 }
+
+// LifecycleStream is Lifecycle with the host's output streamed to out.
+func (h *Host) LifecycleStream(ctx context.Context, out io.Writer, args ...string) error {
+	argv := append([]string{h.Path(HostBinary)}, args...)
+	argv = append(argv, "--repo", h.Path(HostRepo), "--state-dir", h.Path(HostState))
+	return h.Stream(ctx, nil, out, argv...)
+}
