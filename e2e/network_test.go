@@ -46,6 +46,17 @@ func (n *netns) credvm(r *repo, args ...string) (string, error) {
 	return string(out), err
 }
 
+// createAndStart creates VM name and starts it inside the namespace,
+// stopping it when the test ends.
+func (n *netns) createAndStart(r *repo, name string) {
+	n.t.Helper()
+	r.credvm("create", name, "--state-dir", r.state)
+	if out, err := n.credvm(r, "start", name, "--state-dir", r.state, "--shutdown-timeout", "2s"); err != nil {
+		n.t.Fatalf("start %s: %v\n%s", name, err, out)
+	}
+	n.t.Cleanup(func() { n.credvm(r, "stop", name, "--state-dir", r.state) })
+}
+
 // TestTapNetwork: a tap that does not exist is created (vnet_hdr, on the
 // bridge), the guest gets an address on it and answers the host over it,
 // and the tap goes when the VM stops; a tap that existed stays. Everything
@@ -75,11 +86,7 @@ id = "mine0"
 [credentials]
 A = { value = "a" }
 `)
-	r.credvm("create", "net", "--state-dir", r.state)
-	if out, err := ns.credvm(r, "start", "net", "--state-dir", r.state, "--shutdown-timeout", "2s"); err != nil {
-		t.Fatalf("start: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { ns.credvm(r, "stop", "net", "--state-dir", r.state) })
+	ns.createAndStart(r, "net")
 	link := ns.ip("-d", "link", "show", "vm-net0")
 	for _, want := range []string{"master br0", "tun type tap", "vnet_hdr on"} {
 		if !strings.Contains(link, want) {
@@ -153,11 +160,7 @@ mac = "02:00:00:00:56:02"
 [credentials]
 A = { value = "a" }
 `)
-	r.credvm("create", "mv", "--state-dir", r.state)
-	if out, err := ns.credvm(r, "start", "mv", "--state-dir", r.state, "--shutdown-timeout", "2s"); err != nil {
-		t.Fatalf("start: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { ns.credvm(r, "stop", "mv", "--state-dir", r.state) })
+	ns.createAndStart(r, "mv")
 	if link := ns.ip("-d", "link", "show", "vm-mv0"); !strings.Contains(link, "macvtap") || !strings.Contains(link, "02:00:00:00:56:02") {
 		t.Errorf("the macvtap:\n%s", link)
 	}

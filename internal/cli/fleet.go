@@ -194,11 +194,19 @@ func placed(r *repo.Repo, names []string) []string {
 // its output as ours; ok is false when the VM is not placed (or there is
 // no repository to say so), and the caller acts locally.
 func (g *globals) remote(name string, args ...string) (ok bool, err error) {
+	r, err := g.openRepo()
+	if err != nil {
+		return false, nil
+	}
+	return g.remoteIn(r, name, args...)
+}
+
+// remoteIn is remote with the repository open.
+func (g *globals) remoteIn(r *repo.Repo, name string, args ...string) (ok bool, err error) {
 	if len(args) > 0 && args[0] == "console" {
 		return false, nil // interactive: not over a command's ssh
 	}
-	r, err := g.openRepo()
-	if err != nil || r.Inventory.HostOf(name) == "" {
+	if r.Inventory.HostOf(name) == "" {
 		return false, nil
 	}
 	h, err := fleet.HostOf(r, r.Inventory.HostOf(name))

@@ -175,9 +175,13 @@ func (g *globals) newVMsCmd(use, short string, run func(names []string) error) *
 // repository's inventory says where) and returns the names that are
 // local.
 func (g *globals) onHosts(verb []string, names []string) (local []string, err error) {
+	r, rerr := g.openRepo() // once for all names
+	if rerr != nil || len(names) == 0 {
+		return names, nil // no repository: every VM is local
+	}
 	var errs []error
 	for _, n := range names {
-		ok, rerr := g.remote(n, verb...)
+		ok, rerr := g.remoteIn(r, n, verb...)
 		if !ok {
 			local = append(local, n)
 		}

@@ -155,9 +155,13 @@ func (h *Host) ensureBinary(ctx context.Context) (string, error) {
 
 // credvm runs the host's credvm with its repository and state directory.
 func (h *Host) credvm(ctx context.Context, stdin io.Reader, args ...string) ([]byte, error) {
+	return h.Run(ctx, stdin, h.credvmArgv(args)...)
+}
+
+// credvmArgv is the host's credvm command line for args.
+func (h *Host) credvmArgv(args []string) []string {
 	argv := append([]string{h.Path(HostBinary)}, args...)
-	argv = append(argv, "--repo", h.Path(HostRepo), "--state-dir", h.Path(HostState))
-	return h.Run(ctx, stdin, argv...)
+	return append(argv, "--repo", h.Path(HostRepo), "--state-dir", h.Path(HostState))
 }
 
 // deployMachine sends one machine and creates or updates it on the host.
@@ -215,12 +219,6 @@ func (h *Host) deployMachine(ctx context.Context, r *repo.Repo, user *sops.Ident
 	return err
 }
 
-// Lifecycle runs a lifecycle command (start, stop, status, logs, …) of the
-// host's credvm and returns its output.
-func (h *Host) Lifecycle(ctx context.Context, args ...string) ([]byte, error) {
-	return h.credvm(ctx, nil, args...)
-}
-
 // Listing is one host's answer to list.
 type Listing struct {
 	Host     string
@@ -266,9 +264,8 @@ func List(ctx context.Context, r *repo.Repo, asJSON bool) []Listing {
 	return out
 }
 
-// LifecycleStream is Lifecycle with the host's output streamed to out.
+// LifecycleStream runs a lifecycle command (start, stop, status, logs, …)
+// of the host's credvm, its output streamed to out.
 func (h *Host) LifecycleStream(ctx context.Context, out io.Writer, args ...string) error {
-	argv := append([]string{h.Path(HostBinary)}, args...)
-	argv = append(argv, "--repo", h.Path(HostRepo), "--state-dir", h.Path(HostState))
-	return h.Stream(ctx, nil, out, argv...)
+	return h.Stream(ctx, nil, out, h.credvmArgv(args)...)
 }

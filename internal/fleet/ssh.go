@@ -107,15 +107,10 @@ func (h *Host) Path(p string) string {
 // stdin, and returns its standard output; the error carries its standard
 // error's last lines.
 func (h *Host) Run(ctx context.Context, stdin io.Reader, argv ...string) ([]byte, error) {
-	args, err := h.sshArgs()
+	cmd, err := h.command(ctx, argv)
 	if err != nil {
 		return nil, err
 	}
-	quoted := make([]string, len(argv))
-	for i, a := range argv {
-		quoted[i] = shellQuote(a)
-	}
-	cmd := exec.CommandContext(ctx, "ssh", append(args, strings.Join(quoted, " "))...)
 	cmd.Stdin = stdin
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -137,15 +132,10 @@ func (h *Host) Run(ctx context.Context, stdin io.Reader, argv ...string) ([]byte
 // Stream runs argv on the host with stdin and stdout streamed, never held
 // in memory (a volume's image).
 func (h *Host) Stream(ctx context.Context, stdin io.Reader, stdout io.Writer, argv ...string) error {
-	args, err := h.sshArgs()
+	cmd, err := h.command(ctx, argv)
 	if err != nil {
 		return err
 	}
-	quoted := make([]string, len(argv))
-	for i, a := range argv {
-		quoted[i] = shellQuote(a)
-	}
-	cmd := exec.CommandContext(ctx, "ssh", append(args, strings.Join(quoted, " "))...)
 	cmd.Stdin, cmd.Stdout = stdin, stdout
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -153,6 +143,20 @@ func (h *Host) Stream(ctx context.Context, stdin io.Reader, stdout io.Writer, ar
 		return fmt.Errorf("host %s: %v: %s", h.Name, err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
+}
+
+// command is ssh running argv on the host, each argument quoted for its
+// shell.
+func (h *Host) command(ctx context.Context, argv []string) (*exec.Cmd, error) {
+	args, err := h.sshArgs()
+	if err != nil {
+		return nil, err
+	}
+	quoted := make([]string, len(argv))
+	for i, a := range argv {
+		quoted[i] = shellQuote(a)
+	}
+	return exec.CommandContext(ctx, "ssh", append(args, strings.Join(quoted, " "))...), nil
 }
 
 // shellQuote quotes s for a POSIX shell.
