@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"os"
@@ -19,16 +20,38 @@ import (
 )
 
 // table is a tab-aligned table on w.
-func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+// table aligns columns; its Flush writes the whole table at once (the
+// tabwriter alone writes every cell on its own: 80,000 writes for a list
+// of 10,000 VMs).
+func table(w io.Writer) tableWriter {
+	buf := bufio.NewWriterSize(w, 64<<10)
+	return tableWriter{tabwriter.NewWriter(buf, 0, 4, 2, ' ', 0), buf}
+}
+
+type tableWriter struct {
+	*tabwriter.Writer
+	buf *bufio.Writer
+}
+
+func (t tableWriter) Flush() error {
+	if err := t.Writer.Flush(); err != nil {
+		return err
+	}
+	return t.buf.Flush()
+}
 
 func isTTY(w any) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// colorize colors a VM status on a terminal (unless $NO_COLOR).
-func colorize(w io.Writer, status string) string {
-	if !isTTY(w) || os.Getenv("NO_COLOR") != "" {
+// colors reports whether statuses written to w are colored: on a
+// terminal, unless $NO_COLOR.
+func colors(w io.Writer) bool { return isTTY(w) && os.Getenv("NO_COLOR") == "" }
+
+// colorize colors a VM status when color is on.
+func colorize(color bool, status string) string {
+	if !color {
 		return status
 	}
 	code := map[string]string{vm.StatusCurrent: "32", vm.StatusOutdated: "33", vm.StatusStale: "33", vm.StatusFailed: "31", vm.StatusNotBooted: "2"}[status]

@@ -230,6 +230,7 @@ func (g *globals) printList(rows []vm.Listed) error {
 		return nil
 	}
 	tw := table(g.stdout)
+	color := colors(g.stdout)
 	fmt.Fprintln(tw, "NAME\tRUNNING\tSTATUS\tFIX")
 	for _, r := range rows {
 		if r.Err != nil {
@@ -243,7 +244,7 @@ func (g *globals) printList(rows []vm.Listed) error {
 				running += ", " + strings.TrimSuffix(d, " (no receipt from the guest yet)")
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, running, colorize(g.stdout, r.Status.Status), r.Status.Fix)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, running, colorize(color, r.Status.Status), r.Status.Fix)
 	}
 	return tw.Flush()
 }

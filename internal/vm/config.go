@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/spec"
 	"github.com/credvm/credvm/internal/vars"
+	"golang.org/x/sys/unix"
 )
 
 // resolved is what a VM's configuration hash covers: the whole [vm] table
@@ -68,12 +70,15 @@ func (cfg *Config) unchanged(path string, identity func(string) string) bool {
 	// read directly, not through the confined filesystem (which walks
 	// every component: list inspects thousands of VMs). Anything else is
 	// "maybe changed", and the parse that follows reads it confined.
-	if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() || fi.Size() != int64(len(cfg.Content)) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != int64(len(cfg.Content)) {
 		return false
 	}
-	b, err := os.ReadFile(path)
-	if err != nil || string(b) != cfg.Content {
-		return false
+	if cfg.FileStat == "" || statIdentity(&st) != cfg.FileStat {
+		b, err := readSmall(path, nil)
+		if err != nil || string(b) != cfg.Content {
+			return false
+		}
 	}
 	for p, id := range cfg.Files {
 		if identity(p) != id {
@@ -214,11 +219,65 @@ func (r *Registration) Machine() (*spec.Machine, error) {
 // NewConfig reads a machine's file for a registration.
 func NewConfig(r *repo.Repo, m *spec.Machine) (Config, error) {
 	absFile := r.Path(m.File)
+	var before, after unix.Stat_t
+	errBefore := unix.Lstat(absFile, &before)
 	b, err := r.ReadFile(absFile)
 	if err != nil {
 		return Config{}, err
 	}
-	return Config{File: absFile, Content: string(b), Hash: ConfigHash(m), Updated: time.Now().UTC(), Files: resolve(m).Files}, nil
+	cfg := Config{File: absFile, Content: string(b), Hash: ConfigHash(m), Updated: time.Now().UTC(), Files: resolve(m).Files}
+	// The identity is recorded only when the file held still around the
+	// read: else a write in between would pass for the content read.
+	if errBefore == nil && unix.Lstat(absFile, &after) == nil && statIdentity(&before) == statIdentity(&after) && after.Size == int64(len(b)) {
+		cfg.FileStat = statIdentity(&after)
+	}
+	return cfg, nil
+}
+
+// statIdentity is what changes whenever a file's content may have.
+func statIdentity(st *unix.Stat_t) string {
+	b := make([]byte, 0, 96)
+	for i, n := range []int64{int64(st.Dev), int64(st.Ino), st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec} {
+		if i > 0 {
+			b = append(b, ':')
+		}
+		b = strconv.AppendInt(b, n, 10)
+	}
+	return string(b)
+}
+
+// readSmall reads a small file of the state directory with as few system
+// calls as there can be: list reads one or two per VM, thousands of VMs,
+// and os.ReadFile's poller registration and fstat double its cost. After
+// a read shorter than asked, whole (if not nil) may say the bytes are the
+// whole file — a JSON document that parses — and spare the read that
+// would only see EOF. Errors are *fs.PathError, as os's.
+func readSmall(path string, whole func([]byte) bool) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	b := make([]byte, 0, 4096)
+	for {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, cap(b))
+		}
+		n, err := unix.Read(fd, b[len(b):cap(b)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return b, nil
+		}
+		b = b[:len(b)+n]
+		if len(b) < cap(b) && whole != nil && whole(b) {
+			return b, nil
+		}
+	}
 }
 
 // HostPath is a file outside the repository that a VM reads: whoever

@@ -38,6 +38,10 @@ type Config struct {
 	// from, as the hash covered them: with the machine file's content,
 	// they let `list` see "unchanged" without parsing anything.
 	Files map[string]string `json:"files,omitempty"`
+	// FileStat is the machine file's inode, size, mtime and ctime when it
+	// was read: while they stay the same, `list` knows the file unchanged
+	// with one lstat and no read (ctime cannot be set back by its owner).
+	FileStat string `json:"file_stat,omitempty"`
 }
 
 // RunRecord is run.json: the VM's current or last run, kept by the
@@ -124,10 +128,17 @@ func (s StateDir) RunLock() string { return s.File("run.lock") }
 
 // Running reports whether a process runs the VM, and its pid.
 func (s StateDir) Running() (bool, int) {
-	if !lock.Held(s.RunLock()) {
-		return false, 0
+	running, pid, _ := s.running()
+	return running, pid
+}
+
+// running is Running, and whether the VM ever ran (has a run lock).
+func (s StateDir) running() (running bool, pid int, ran bool) {
+	ran, held := lock.Probe(s.RunLock())
+	if !held {
+		return false, 0, ran
 	}
-	return true, lock.Holder(s.RunLock())
+	return true, lock.Holder(s.RunLock()), true
 }
 
 // Exists reports whether the VM was created.
@@ -202,8 +213,14 @@ func (s StateDir) SaveRunRecord(r *RunRecord) error {
 }
 
 func readJSON(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
+	parsed := false
+	b, err := readSmall(path, func(b []byte) bool {
+		// A prefix of a JSON document never parses whole: what does is
+		// the file (credvm writes its records by rename, all at once).
+		parsed = json.Unmarshal(b, v) == nil
+		return parsed
+	})
+	if err != nil || parsed {
 		return err
 	}
 	if err := json.Unmarshal(b, v); err != nil {

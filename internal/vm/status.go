@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -155,9 +154,10 @@ func (in *Inspector) Inspect(s StateDir) (*Status, error) {
 	if probe {
 		st.Console = s.lastConsoleLines(consoleLines)
 	}
-	st.Running, st.SupervisorPID = s.Running()
+	var ran bool
+	st.Running, st.SupervisorPID, ran = s.running()
 	var rec *RunRecord
-	if _, err := os.Stat(s.RunLock()); err == nil {
+	if ran {
 		// A VM that never ran has no run lock (nor run record).
 		if rec, err = s.RunRecord(); err != nil {
 			return nil, err

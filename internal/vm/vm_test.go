@@ -117,6 +117,16 @@ func TestInspectStates(t *testing.T) {
 			f.hold(current)
 			f.writeMachine(strings.Replace(vm1, "mem = 512", "mem = 640", 1))
 		}, StatusOutdated, "credvm update -R vm1", "configuration changed since the last update"},
+		// list trusts the file's recorded inode, size, mtime and ctime:
+		// an edit of the same size, mtime set back, still changes ctime.
+		{"running, edited to the same size with its mtime set back", func() {
+			f.hold(current)
+			p := filepath.Join(f.dir, "machines", "vm1", "machine.toml")
+			fi, _ := os.Stat(p)
+			os.WriteFile(p, []byte(strings.Replace(vm1, "mem = 512", "mem = 513", 1)), 0o644)
+			os.Chtimes(p, fi.ModTime(), fi.ModTime())
+		}, StatusOutdated, "credvm update -R vm1", "configuration changed since the last update"},
+		{"running, rewritten with the same content", func() { f.hold(current) }, StatusCurrent, "", ""},
 		{"last run failed", func() {
 			rec := *current
 			rec.State, rec.Error = RunFailed, "boom"
@@ -152,6 +162,32 @@ func TestInspectStates(t *testing.T) {
 				t.Errorf("running: supervisor %d, %s %d", st.SupervisorPID, st.Hypervisor, st.HypervisorPID)
 			}
 		})
+	}
+}
+
+// TestReadJSON: records of every size around readSmall's first read
+// (4 KiB), whole or cut.
+func TestReadJSON(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []int{0, 10, 4000, 4090, 4096, 4097, 9000, 70000} {
+		want := map[string]string{"v": strings.Repeat("x", n)}
+		b, _ := json.Marshal(want)
+		for _, cut := range []bool{false, true} {
+			p := filepath.Join(dir, "r.json")
+			data := b
+			if cut {
+				data = b[:len(b)-2]
+			}
+			os.WriteFile(p, data, 0o600)
+			var got map[string]string
+			err := readJSON(p, &got)
+			if cut != (err != nil) || !cut && got["v"] != want["v"] {
+				t.Errorf("%d bytes (cut %v): %v, %d bytes read back", len(data), cut, err, len(got["v"]))
+			}
+		}
+	}
+	if err := readJSON(filepath.Join(dir, "none"), new(any)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a missing record: %v, want ErrNotExist", err)
 	}
 }
 
