@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -259,29 +260,41 @@ files.key = {}
 [credentials]
 KEY = { var = "g/key" }
 `)
+	// And a fourth, on h2.
+	r.machine("fleet4", fastGuest("credvm.idle")+`
+[vars.generators.g]
+script = 'head -c 24 /dev/urandom | od -An -tx1 | tr -d " \n" > "$out/key"'
+files.key = {}
+[credentials]
+KEY = { var = "g/key" }
+`)
 	inv, _ = os.ReadFile(filepath.Join(r.dir, "inventory.toml"))
-	os.WriteFile(filepath.Join(r.dir, "inventory.toml"), append(inv, []byte("\n[machines.fleet2]\nhost = \"h2\"\n\n[machines.fleet3]\nhost = \"h1\"\n")...), 0o644)
-	r.credvm("vars", "generate", "fleet2", "fleet3")
+	os.WriteFile(filepath.Join(r.dir, "inventory.toml"), append(inv, []byte("\n[machines.fleet2]\nhost = \"h2\"\n\n[machines.fleet3]\nhost = \"h1\"\n\n[machines.fleet4]\nhost = \"h2\"\n")...), 0o644)
+	r.credvm("vars", "generate", "fleet2", "fleet3", "fleet4")
 	t.Cleanup(func() {
 		for _, c := range []struct {
 			h  *testHost
 			vm string
-		}{{h2, "fleet2"}, {h1, "fleet3"}} {
+		}{{h2, "fleet2"}, {h1, "fleet3"}, {h2, "fleet4"}} {
 			bin := filepath.Join(c.h.root, "var/lib/credvm/bin/credvm")
 			exec.Command(bin, "stop", c.vm, "--state-dir", filepath.Join(c.h.root, "var/lib/microvms"), "--shutdown-timeout", "1s").Run()
 		}
 	})
-	if out, err = onLaptop("deploy", "fleet2", "fleet3"); err != nil || !strings.Contains(out, "fleet2 on h2: created and started") || !strings.Contains(out, "fleet3 on h1: created and started") {
-		t.Fatalf("deploy fleet2 fleet3: %v\n%s", err, out)
+	out, err = onLaptop("deploy", "fleet2", "fleet3", "fleet4")
+	for _, want := range []string{"fleet2 on h2: created and started (qemu pid ", "fleet3 on h1: created and started (qemu pid ", "fleet4 on h2: created and started (qemu pid "} {
+		if err != nil || !strings.Contains(out, want) {
+			t.Fatalf("deploy of three VMs to two hosts lacks %q: %v\n%s", want, err, out)
+		}
 	}
-	if out, _ = onLaptop("list"); strings.Count(out, "fleet") != 3 || !strings.Contains(out, "host h2:") {
-		t.Errorf("list of three VMs on two hosts:\n%s", out)
+	if out, _ = onLaptop("list"); strings.Count(out, "fleet") != 4 || !strings.Contains(out, "host h2:") {
+		t.Errorf("list of four VMs on two hosts:\n%s", out)
 	}
-	out, err = onLaptop("rotate", "fleet1", "fleet3", "fleet2")
+	out, err = onLaptop("rotate", "fleet1", "fleet3", "fleet4", "fleet2")
 	for _, want := range []string{
 		"1. fleet1 (on h1): regenerate g (and dependents); restart, then healthy when its guest reports its credentials on h1",
 		"fleet1: rotated, restarted, healthy",
 		"fleet3: rotated, restarted, healthy",
+		"fleet4: rotated, restarted, healthy",
 		"fleet2: rotated and restarted, but UNHEALTHY: vm fleet2 on h2: its guest reports credentials cut: BIG",
 		"roll fleet2 back:  credvm vars rollback fleet2 big && credvm deploy fleet2",
 	} {
@@ -297,7 +310,7 @@ KEY = { var = "g/key" }
 	// Move fleet1, running, from h1 to h2: the same secret in the guest,
 	// gone from h1, placed on h2 in the inventory.
 	out, err = onLaptop("move", "fleet1", "--to", "h2")
-	if err != nil || !strings.Contains(out, "fleet1: moved from h1 to h2") {
+	if err != nil || !strings.Contains(out, "fleet1: moved from h1 to h2 (running, healthy)") {
 		t.Fatalf("move: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
@@ -328,6 +341,69 @@ KEY = { var = "g/key" }
 		t.Errorf("status after a remote stop:\n%s", out)
 	}
 
+	// A move that fails its health check on the new host is undone:
+	// fleet2 (whose guest reports its credential cut) removed from h1 and
+	// running on h2 again, still placed there.
+	out, err = onLaptop("move", "fleet2", "--to", "h1")
+	if err == nil || !strings.Contains(out, "vm fleet2 on h1: its guest reports credentials cut: BIG; it runs on h2 again") {
+		t.Errorf("a failing move: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(h1.root, "var/lib/microvms/fleet2/vm.json")); err == nil {
+		t.Errorf("the failed move left fleet2 registered on h1")
+	}
+	if out, _ = onLaptop("status", "fleet2"); !strings.Contains(out, "running") {
+		t.Errorf("fleet2 after the failed move:\n%s", out)
+	}
+	if inv, _ := os.ReadFile(filepath.Join(r.dir, "inventory.toml")); !strings.Contains(string(inv), "[machines.fleet2]\nhost = \"h2\"") {
+		t.Errorf("the failed move changed the placement:\n%s", inv)
+	}
+
+	// A host that drops mid-rollout stops it there, cleanly: h2's sshd
+	// (and its sessions, and this machine's connection to it) killed
+	// while fleet3's restarted guest on h1 boots; fleet4 on h2 is not
+	// regenerated.
+	pidOf := func(h *testHost, vm string) int {
+		var rec struct {
+			PID int `json:"hypervisor_pid"`
+		}
+		b, _ := os.ReadFile(filepath.Join(h.root, "var/lib/microvms", vm, "run.json"))
+		json.Unmarshal(b, &rec)
+		return rec.PID
+	}
+	before3, before4 := pidOf(h1, "fleet3"), r.credvm("vars", "get", "fleet4", "g/key")
+	dropped := make(chan bool, 1)
+	go func() {
+		deadline := time.Now().Add(3 * time.Minute)
+		for pidOf(h1, "fleet3") == before3 {
+			if time.Now().After(deadline) {
+				dropped <- false
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		h2.stop()
+		exec.Command("pkill", "-f", "sshd.*"+h2.cfg).Run()
+		exec.Command("pkill", "-f", "HostKeyAlias=credvm-host-h2").Run()
+		dropped <- true
+	}()
+	out, err = onLaptop("rotate", "fleet3", "fleet4")
+	if !<-dropped {
+		t.Fatalf("fleet3 was never restarted on h1:\n%s", out)
+	}
+	for _, want := range []string{
+		"fleet3: rotated, restarted, healthy",
+		"fleet4: NOT rotated: its host cannot be reached (vars unchanged): vm fleet4 on h2: host h2: ",
+		"credvm rotate fleet4",
+	} {
+		if err == nil || !strings.Contains(out, want) {
+			t.Errorf("a rotation whose second host dropped lacks %q: %v\n%s", want, err, out)
+		}
+	}
+	if r.credvm("vars", "get", "fleet4", "g/key") != before4 {
+		t.Errorf("fleet4's secret changed though its host was gone")
+	}
+	h2.start(h2.ns)
+
 	// A host that cannot be reached stops a rollout before it changes
 	// anything: no secret is regenerated for a VM that would not get it.
 	h2.stop()
@@ -341,6 +417,25 @@ KEY = { var = "g/key" }
 		t.Errorf("a rotation that could not reach its host changed the secret")
 	}
 	h2.start(h2.ns)
+
+	// fleet1, stopped, moved back to h1 with --purge: stays stopped, its
+	// volume copied (the copy h1 kept from the first move replaced), and
+	// nothing of it left on h2.
+	b, _ = os.ReadFile(filepath.Join(h2.root, "var/lib/microvms/fleet1/data.img"))
+	volume := sha(b)
+	out, err = onLaptop("move", "fleet1", "--to", "h1", "--purge")
+	if err != nil || !strings.Contains(out, "fleet1: moved from h2 to h1 (stopped, as it was)") || !strings.Contains(out, "fleet1: removed its volumes from h2: data.img") {
+		t.Errorf("move --purge: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(h2.root, "var/lib/microvms/fleet1")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("move --purge left fleet1's directory on h2: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(h1.root, "var/lib/microvms/fleet1/data.img")); sha(b) != volume {
+		t.Errorf("fleet1's volume on h1 is not the one it had on h2")
+	}
+	if out, _ = onLaptop("status", "fleet1"); !strings.Contains(out, "not booted") && !strings.Contains(out, "stopped") {
+		t.Errorf("fleet1 moved while stopped should stay stopped:\n%s", out)
+	}
 
 	// A changed host key is refused, by host add and by ssh itself.
 	h1.stop()

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -187,6 +188,11 @@ func RestoreFile(path string, o RestoreOptions) (*RestoreResult, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return Restore(f, o)
+}
+
+// Restore is RestoreFile of an archive read from f.
+func Restore(f io.Reader, o RestoreOptions) (*RestoreResult, error) {
 	if err := os.MkdirAll(o.StateRoot, 0o755); err != nil {
 		return nil, err
 	}

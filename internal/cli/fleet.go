@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -66,20 +65,27 @@ refused until confirmed again.`,
 	add.Flags().BoolVar(&asJSON, "json", false, "print what was pinned as JSON")
 
 	var hostKey string
-	installKey := &cobra.Command{
-		Use:    "install-key NAME --host-key FILE",
-		Short:  "On a host: keep the machine key a deploy sealed to this host's key (standard input)",
+	receive := &cobra.Command{
+		Use:    "receive --host-key FILE",
+		Short:  "On a host: take a deploy's shipment (standard input) and create, start or update its VMs",
 		Hidden: true, // run by deploy over ssh
-		Args:   cobra.ExactArgs(1),
-		RunE: func(_ *cobra.Command, args []string) error {
-			sealed, err := io.ReadAll(io.LimitReader(g.stdin, 1<<20))
+		Args:   cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			if g.repoPath == "" {
+				return errors.New("host receive: --repo names the host's repository (deploy passes it)")
+			}
+			self, _ := os.Executable()
+			res, err := fleet.Receive(g.stdin, fleet.ReceiveOptions{
+				Repo: g.repoPath, StateRoot: g.stateRoot(), HostKey: hostKey,
+				Start: vm.StartOptions{ShutdownTimeout: vm.DefaultShutdownTimeout, Self: self, Wait: vm.DefaultStartWait},
+			})
 			if err != nil {
 				return err
 			}
-			return g.state(args[0]).InstallSealedKey(sealed, hostKey)
+			return g.printJSON(res)
 		},
 	}
-	installKey.Flags().StringVar(&hostKey, "host-key", vm.DefaultHostKey, "the host key the sealed key opens with")
+	receive.Flags().StringVar(&hostKey, "host-key", vm.DefaultHostKey, "the host key the sealed machine keys open with")
 	var listJSON bool
 	list := &cobra.Command{
 		Use:   "list",
@@ -111,7 +117,7 @@ refused until confirmed again.`,
 		},
 	}
 	list.Flags().BoolVar(&listJSON, "json", false, "print as JSON")
-	cmd.AddCommand(add, list, installKey)
+	cmd.AddCommand(add, list, receive)
 	return cmd
 }
 
@@ -164,10 +170,12 @@ plaintext crosses the wire. With no name and no tag: every placed VM.`,
 					switch {
 					case d.Err != "":
 						fmt.Fprintf(g.stdout, "%s on %s: FAILED: %s\n", d.Machine, d.Host, d.Err)
+					case d.Created && d.Started != nil:
+						fmt.Fprintf(g.stdout, "%s on %s: created and started (%s pid %d)\n", d.Machine, d.Host, d.Started.Hypervisor, d.Started.HypervisorPID)
 					case d.Created:
-						fmt.Fprintf(g.stdout, "%s on %s: created and started\n", d.Machine, d.Host)
+						fmt.Fprintf(g.stdout, "%s on %s: created\n", d.Machine, d.Host)
 					default:
-						fmt.Fprintf(g.stdout, "%s on %s: %s\n", d.Machine, d.Host, strings.ReplaceAll(d.Update, "\n", "; "))
+						fmt.Fprintf(g.stdout, "%s on %s: %s\n", d.Machine, d.Host, updateSummary(d.Update))
 					}
 				}
 			}
@@ -246,13 +254,15 @@ func newMoveCmd(g *globals) *cobra.Command {
 		Short: "Move a VM to another host: deploy there, stop here, start there, wait for its receipt, then remove it here",
 		Long: `Move a VM placed on a host to another: deploy it to the new host
 (created, not started), stop it on the old one, start it on the new one
-and wait until its guest reports its credentials; only then remove it from
-the old host and record the new placement in inventory.toml (committed in
-git). If anything fails after the stop, it is started again on the old
-host. Its secrets are not regenerated: the guest gets the same values.
-Its volumes (those in its state directory) are copied while it is stopped,
-through this machine, and checked by SHA-256 at both ends; the old host
-keeps its copies. --without-volumes starts it with fresh ones instead.`,
+and wait until its guest reports its credentials; only then record the new
+placement in inventory.toml (committed in git) and remove it from the old
+host. A VM that was stopped is moved and stays stopped. If anything fails
+after the stop, what the move made on the new host is removed and the VM
+is started again on the old host. Its secrets are not regenerated: the
+guest gets the same values. Its volumes (those in its state directory) are
+copied while it is stopped, through this machine, and checked by SHA-256
+at both ends; the old host keeps its copies unless --purge.
+--without-volumes starts it with fresh ones instead.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			if to == "" {
@@ -271,11 +281,37 @@ keeps its copies. --without-volumes starts it with fresh ones instead.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "%s: moved from %s to %s\n", res.Machine, res.From, res.To)
+			how := "stopped, as it was"
+			if res.Started {
+				how = "running, healthy"
+			}
+			fmt.Fprintf(g.stdout, "%s: moved from %s to %s (%s)\n", res.Machine, res.From, res.To, how)
+			if len(res.Purged) > 0 {
+				fmt.Fprintf(g.stdout, "%s: removed its volumes from %s: %s\n", res.Machine, res.From, strings.Join(res.Purged, ", "))
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the host to move the VM to")
 	cmd.Flags().BoolVar(&o.WithoutVolumes, "without-volumes", false, "start it on the new host with fresh volumes instead of copies")
+	cmd.Flags().BoolVar(&o.Purge, "purge", false, "once moved, remove its volumes from the old host (else they stay there)")
 	return cmd
+}
+
+// updateSummary is one line of what an update did on a host.
+func updateSummary(u *vm.UpdateResult) string {
+	if u == nil {
+		return "updated"
+	}
+	line := "configuration unchanged"
+	if u.Changed {
+		line = "configuration changed: " + strings.Join(u.Diff, "; ")
+	}
+	switch {
+	case u.Restarted != nil:
+		line += fmt.Sprintf("; restarted (%s pid %d)", u.Restarted.Hypervisor, u.Restarted.HypervisorPID)
+	case u.Stale:
+		line += "; running older vars or configuration"
+	}
+	return line
 }

@@ -9,15 +9,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/credvm/credvm/internal/backup"
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
+	"github.com/credvm/credvm/internal/vm"
 )
 
 // On a host, everything credvm keeps is under the host's root:
@@ -36,17 +39,20 @@ type Deployed struct {
 	// "current" when it was this one.
 	Binary  string `json:"binary"`
 	Created bool   `json:"created"`
-	// Update is what `credvm update -R` said on the host.
-	Update string `json:"update"`
-	Err    string `json:"error,omitempty"`
+	// Started is the new VM's start; Update what updating an existing one
+	// did (its diff, and its restart when it ran something older).
+	Started *vm.Started      `json:"started,omitempty"`
+	Update  *vm.UpdateResult `json:"update,omitempty"`
+	Err     string           `json:"error,omitempty"`
 }
 
 // Deploy sends each named VM to its host — credvm itself if the host's
 // differs, the machine's files, encrypted vars and users' public keys as
 // a backup archive the host's credvm checks and restores, its machine
-// key sealed to the host key — then creates or updates it there (-R:
-// restarting what runs older vars). Hosts in parallel, one connection
-// each; nothing plaintext crosses the wire.
+// key sealed to the host key — then creates or updates it there,
+// restarting what runs older vars. Hosts in parallel, one SSH session
+// each when the host's credvm is current; nothing plaintext crosses the
+// wire.
 func Deploy(ctx context.Context, r *repo.Repo, user *sops.Identities, machines []string, logf func(string, ...any)) ([]Deployed, error) {
 	byHost := map[string][]string{}
 	for _, m := range machines {
@@ -61,11 +67,11 @@ func Deploy(ctx context.Context, r *repo.Repo, user *sops.Identities, machines [
 		out []Deployed
 		wg  sync.WaitGroup
 	)
-	for _, hn := range slices.Sorted(mapsKeys(byHost)) {
+	for _, hn := range slices.Sorted(maps.Keys(byHost)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res := deployHost(ctx, r, user, hn, byHost[hn], logf)
+			res := deployHost(ctx, r, user, hn, byHost[hn], true, logf)
 			mu.Lock()
 			out = append(out, res...)
 			mu.Unlock()
@@ -82,21 +88,9 @@ func Deploy(ctx context.Context, r *repo.Repo, user *sops.Identities, machines [
 	return out, errors.Join(errs...)
 }
 
-func mapsKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}
-
-func deployHost(ctx context.Context, r *repo.Repo, user *sops.Identities, hn string, machines []string, logf func(string, ...any)) []Deployed {
-	return deployHostOpts(ctx, r, user, hn, machines, true, logf)
-}
-
-func deployHostOpts(ctx context.Context, r *repo.Repo, user *sops.Identities, hn string, machines []string, start bool, logf func(string, ...any)) []Deployed {
+// deployHost ships machines to one host and has it receive them; start
+// says whether new VMs start there (a move starts its VM itself, later).
+func deployHost(ctx context.Context, r *repo.Repo, user *sops.Identities, hn string, machines []string, start bool, logf func(string, ...any)) []Deployed {
 	fail := func(err error) []Deployed {
 		var out []Deployed
 		for _, m := range machines {
@@ -108,49 +102,189 @@ func deployHostOpts(ctx context.Context, r *repo.Repo, user *sops.Identities, hn
 	if err != nil {
 		return fail(err)
 	}
-	binary, err := h.ensureBinary(ctx)
+	sh, err := h.shipment(r, user, machines, start)
 	if err != nil {
 		return fail(err)
 	}
-	logf("%s: credvm %s", hn, binary)
+	payload, err := json.Marshal(sh)
+	if err != nil {
+		return fail(err)
+	}
+	received, binary, err := h.receive(ctx, payload, logf)
+	if err != nil {
+		return fail(err)
+	}
+	byName := map[string]Received{}
+	for _, rc := range received {
+		byName[rc.Machine] = rc
+	}
 	var out []Deployed
 	for _, m := range machines {
-		d := Deployed{Machine: m, Host: hn, Binary: binary}
-		if err := h.deployMachine(ctx, r, user, m, start, &d); err != nil {
-			d.Err = err.Error()
+		rc, ok := byName[m]
+		d := Deployed{Machine: m, Host: hn, Binary: binary, Created: rc.Created, Started: rc.Started, Update: rc.Update, Err: rc.Err}
+		if !ok {
+			d.Err = "the host's credvm did not say what it did with it"
 		}
 		out = append(out, d)
 	}
 	return out
 }
 
-// ensureBinary copies this credvm to the host when its own is missing or
-// differs (by SHA-256).
-func (h *Host) ensureBinary(ctx context.Context) (string, error) {
+// shipment packs the machines for the host: one archive, and each
+// machine key sealed to the host's pinned key (decrypted with the user's
+// key in memory only, for the time of sealing).
+func (h *Host) shipment(r *repo.Repo, user *sops.Identities, machines []string, start bool) (*Shipment, error) {
+	pub, err := r.ReadFile(r.Path("sops", "hosts", h.Name, "key.pub"))
+	if err != nil {
+		return nil, err
+	}
+	sh := &Shipment{Format: shipmentFormat, Machines: machines, Start: start, Sealed: map[string][]byte{}}
+	for _, m := range machines {
+		// A machine with no vars has no machine key: nothing to seal.
+		if !r.Exists(filepath.Join(r.MachinePaths(m).PrivateKey, "secret")) {
+			continue
+		}
+		ids, err := r.MachineIdentity(m, user)
+		if err != nil {
+			return nil, fmt.Errorf("%s: the machine key (decrypted with yours, to seal it to the host): %w", m, err)
+		}
+		raw := []byte(ids.Raw())
+		sealed, err := sops.SealToSSH(raw, strings.TrimSpace(string(pub)))
+		clear(raw)
+		if err != nil {
+			return nil, err
+		}
+		sh.Sealed[m] = sealed
+	}
+	var archive bytes.Buffer
+	if _, err := backup.Write(&archive, r, "", machines, backup.Options{}); err != nil {
+		return nil, err
+	}
+	sh.Archive = archive.Bytes()
+	return sh, nil
+}
+
+// needsBinary is what the host's side of receive prints when its credvm
+// is missing or not this one.
+const needsBinary = "credvm-needs-binary"
+
+// receive hands the payload to the host's `credvm host receive` in one
+// session when the host's credvm is this one (its recorded digest
+// matches), else copies credvm first and tries once more.
+func (h *Host) receive(ctx context.Context, payload []byte, logf func(string, ...any)) ([]Received, string, error) {
+	want, err := selfDigest()
+	if err != nil {
+		return nil, "", err
+	}
+	bin := h.Path(HostBinary)
+	argv := h.credvmArgv([]string{"host", "receive", "--host-key", h.Path(HostKey)})
+	quoted := make([]string, len(argv))
+	for i, a := range argv {
+		quoted[i] = shellQuote(a)
+	}
+	script := `test "$(cat ` + shellQuote(bin+".sha256") + ` 2>/dev/null)" = ` + want + ` && exec ` + strings.Join(quoted, " ") + `; echo ` + needsBinary
+	binary := "current"
+	for attempt := 0; ; attempt++ {
+		out, err := h.Run(ctx, bytes.NewReader(payload), "sh", "-c", script)
+		if err != nil {
+			return nil, binary, err
+		}
+		if strings.TrimSpace(string(out)) == needsBinary {
+			if attempt > 0 {
+				return nil, binary, fmt.Errorf("host %s: its credvm is still not this one after copying it", h.Name)
+			}
+			logf("%s: copying credvm", h.Name)
+			if err := h.copyBinary(ctx, want); err != nil {
+				return nil, binary, err
+			}
+			binary = "copied"
+			continue
+		}
+		var rcs []Received
+		if err := json.Unmarshal(out, &rcs); err != nil {
+			return nil, binary, fmt.Errorf("host %s: its answer to the deploy is unreadable: %w", h.Name, err)
+		}
+		return rcs, binary, nil
+	}
+}
+
+// copyBinary copies this credvm to the host, then its digest beside it
+// (what receive compares: hashing the binary on every deploy would cost
+// the host 50 ms).
+func (h *Host) copyBinary(ctx context.Context, digest string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(exe)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bin := h.Path(HostBinary)
+	tmp := bin + ".new"
+	if err := h.Stream(ctx, f, nil, "sh", "-c",
+		"mkdir -p "+shellQuote(filepath.Dir(bin))+" && cat > "+shellQuote(tmp)+" && chmod 755 "+shellQuote(tmp)+
+			" && test \"$(sha256sum < "+shellQuote(tmp)+" | cut -d' ' -f1)\" = "+digest+
+			" && mv "+shellQuote(tmp)+" "+shellQuote(bin)+" && echo "+digest+" > "+shellQuote(bin+".sha256")); err != nil {
+		return fmt.Errorf("copying credvm to the host: %w", err)
+	}
+	return nil
+}
+
+var selfDigestOnce = sync.OnceValues(func() (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", err
 	}
-	b, err := os.ReadFile(exe)
+	return fileDigest(exe)
+})
+
+// selfDigest is the SHA-256 of this credvm's executable.
+func selfDigest() (string, error) { return selfDigestOnce() }
+
+// fileDigest is a file's SHA-256, remembered in the user's cache by the
+// file's identity (device, inode, size, mtime, ctime): hashing credvm's
+// 15 MB costs 50 ms, a quarter of an unchanged deploy's goal.
+func fileDigest(path string) (string, error) {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256(b)
-	want := hex.EncodeToString(sum[:])
-	bin := h.Path(HostBinary)
-	got, err := h.Run(ctx, nil, "sh", "-c", "sha256sum "+shellQuote(bin)+" 2>/dev/null || true")
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	id := ""
+	if ok {
+		id = fmt.Sprintf("%s %d:%d:%d:%d.%d:%d.%d", path, st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+	}
+	cache := ""
+	if dir, err := os.UserCacheDir(); err == nil && ok {
+		cache = filepath.Join(dir, "credvm", "self-digest")
+		if b, err := os.ReadFile(cache); err == nil {
+			if got, digest, found := strings.Cut(strings.TrimSpace(string(b)), "\n"); found && got == id && len(digest) == 64 {
+				return digest, nil
+			}
+		}
+	}
+	f, err := os.Open(path)
 	if err != nil {
 		return "", err
 	}
-	if f := strings.Fields(string(got)); len(f) > 0 && f[0] == want {
-		return "current", nil
+	defer f.Close()
+	sum := sha256.New()
+	if _, err := io.Copy(sum, f); err != nil {
+		return "", err
 	}
-	tmp := bin + ".new"
-	if _, err := h.Run(ctx, bytes.NewReader(b), "sh", "-c",
-		"mkdir -p "+shellQuote(filepath.Dir(bin))+" && cat > "+shellQuote(tmp)+" && chmod 755 "+shellQuote(tmp)+" && mv "+shellQuote(tmp)+" "+shellQuote(bin)); err != nil {
-		return "", fmt.Errorf("copying credvm to the host: %w", err)
+	digest := hex.EncodeToString(sum.Sum(nil))
+	if cache != "" {
+		// Best effort: a cache that cannot be written costs a hash.
+		if os.MkdirAll(filepath.Dir(cache), 0o700) == nil {
+			tmp := fmt.Sprintf("%s.%d", cache, os.Getpid())
+			if os.WriteFile(tmp, []byte(id+"\n"+digest+"\n"), 0o600) == nil {
+				os.Rename(tmp, cache)
+			}
+		}
 	}
-	return "copied", nil
+	return digest, nil
 }
 
 // credvm runs the host's credvm with its repository and state directory.
@@ -164,61 +298,6 @@ func (h *Host) credvmArgv(args []string) []string {
 	return append(argv, "--repo", h.Path(HostRepo), "--state-dir", h.Path(HostState))
 }
 
-// deployMachine sends one machine and creates or updates it on the host.
-func (h *Host) deployMachine(ctx context.Context, r *repo.Repo, user *sops.Identities, m string, start bool, d *Deployed) error {
-	pub, err := r.ReadFile(r.Path("sops", "hosts", h.Name, "key.pub"))
-	if err != nil {
-		return err
-	}
-	// A machine with no vars has no machine key: nothing to seal.
-	var sealed []byte
-	if r.Exists(filepath.Join(r.MachinePaths(m).PrivateKey, "secret")) {
-		ids, err := r.MachineIdentity(m, user)
-		if err != nil {
-			return fmt.Errorf("the machine key (decrypted with yours, to seal it to the host): %w", err)
-		}
-		raw := []byte(ids.Raw())
-		sealed, err = sops.SealToSSH(raw, strings.TrimSpace(string(pub)))
-		clear(raw)
-		if err != nil {
-			return err
-		}
-	}
-	var archive bytes.Buffer
-	if _, err := backup.Write(&archive, r, "", []string{m}, backup.Options{}); err != nil {
-		return err
-	}
-	repoDir := h.Path(HostRepo)
-	if _, err := h.Run(ctx, nil, "sh", "-c", "mkdir -p "+shellQuote(repoDir)+" "+shellQuote(h.Path(HostState))+" && { test -e "+shellQuote(repoDir+"/credvm.toml")+" || : > "+shellQuote(repoDir+"/credvm.toml")+"; }"); err != nil {
-		return err
-	}
-	if _, err := h.credvm(ctx, &archive, "restore", "/dev/stdin", "--force", "--accept-recipients"); err != nil {
-		return fmt.Errorf("restoring it on the host: %w", err)
-	}
-	_, statusErr := h.credvm(ctx, nil, "status", m)
-	if statusErr != nil {
-		if _, err := h.credvm(ctx, nil, "create", m); err != nil {
-			return err
-		}
-		d.Created = true
-	}
-	if sealed != nil {
-		if _, err := h.credvm(ctx, bytes.NewReader(sealed), "host", "install-key", m, "--host-key", h.Path(HostKey)); err != nil {
-			return err
-		}
-	}
-	args := []string{"update", m, "-R"}
-	if d.Created {
-		if !start {
-			return nil
-		}
-		args = []string{"start", m}
-	}
-	out, err := h.credvm(ctx, nil, args...)
-	d.Update = strings.TrimSpace(string(out))
-	return err
-}
-
 // Listing is one host's answer to list.
 type Listing struct {
 	Host     string
@@ -230,7 +309,7 @@ type Listing struct {
 // List asks every host of the inventory for its VMs, in parallel; an
 // unreachable host is an Err of its own, never the others' failure.
 func List(ctx context.Context, r *repo.Repo, asJSON bool) []Listing {
-	names := slices.Sorted(mapsKeys(r.Inventory.Hosts))
+	names := slices.Sorted(maps.Keys(r.Inventory.Hosts))
 	out := make([]Listing, len(names))
 	var wg sync.WaitGroup
 	for i, n := range names {

@@ -18,7 +18,10 @@ type MoveOptions struct {
 	// WithoutVolumes starts the VM with fresh volumes on the new host
 	// instead of copying them (the old ones stay on the old host).
 	WithoutVolumes bool
-	Log            func(string, ...any)
+	// Purge removes the VM's volumes from the old host once it is moved
+	// (else they stay there, the only copy of its data before the move).
+	Purge bool
+	Log   func(string, ...any)
 }
 
 // Moved says what Move did.
@@ -26,15 +29,21 @@ type Moved struct {
 	Machine string `json:"name"`
 	From    string `json:"from"`
 	To      string `json:"to"`
-	// Removed: the VM was removed from the old host.
-	Removed bool `json:"removed"`
+	// Started: it ran on the old host, and runs (healthy) on the new one.
+	Started bool `json:"started"`
+	// Removed: the VM was removed from the old host; Purged are the
+	// volumes removed there with it.
+	Removed bool     `json:"removed"`
+	Purged  []string `json:"purged,omitempty"`
 }
 
 // Move moves a VM placed on one host to another: deploys it there
-// (created, not started), stops it on the old host, starts it on the new
-// one and waits for its guest's receipt; only then removes it from the
-// old host and records the new placement in inventory.toml (committed).
-// On a failure after the stop, it is started again on the old host.
+// (created, not started), stops it on the old host, copies its volumes,
+// starts it on the new one (if it ran) and waits for its guest's receipt;
+// only then records the new placement in inventory.toml (committed) and
+// removes it from the old host. On a failure after the stop, what the
+// move made on the new host is removed and the VM started again on the
+// old host.
 func Move(ctx context.Context, r *repo.Repo, user *sops.Identities, name, to string, o MoveOptions) (*Moved, error) {
 	logf := o.Log
 	if logf == nil {
@@ -66,10 +75,12 @@ func Move(ctx context.Context, r *repo.Repo, user *sops.Identities, name, to str
 	}
 	res := &Moved{Machine: name, From: from, To: to}
 	logf("%s: deploying to %s", name, to)
-	for _, d := range deployHostOpts(ctx, r, user, to, []string{name}, false, logf) {
+	created := false
+	for _, d := range deployHost(ctx, r, user, to, []string{name}, false, logf) {
 		if d.Err != "" {
 			return res, fmt.Errorf("deploying %s to %s: %s (nothing changed on %s)", name, to, d.Err, from)
 		}
+		created = d.Created
 	}
 	wasRunning, err := (&Placed{Machine: m, Host: old}).Running(ctx)
 	if err != nil {
@@ -81,8 +92,18 @@ func Move(ctx context.Context, r *repo.Repo, user *sops.Identities, name, to str
 			return res, err
 		}
 	}
+	// undo puts things back as they were: what the move made on the new
+	// host removed (its copies of the volumes too), the VM started again
+	// on the old one if it ran there.
+	var copied []string
 	undo := func(cause error) error {
 		dest.credvm(ctx, nil, "stop", name)
+		if created {
+			dest.credvm(ctx, nil, "destroy", name)
+			for _, img := range copied {
+				dest.Run(ctx, nil, "rm", "-f", "--", dest.Path(filepath.Join(HostState, name, img)))
+			}
+		}
 		if wasRunning {
 			if _, err := old.credvm(ctx, nil, "start", name); err != nil {
 				return fmt.Errorf("%w; starting it again on %s failed too: %v", cause, from, err)
@@ -97,27 +118,51 @@ func Move(ctx context.Context, r *repo.Repo, user *sops.Identities, name, to str
 			if err := copyVolume(ctx, old, dest, name, v.Image); err != nil {
 				return res, undo(err)
 			}
+			copied = append(copied, v.Image)
 		}
 	}
-	logf("%s: starting on %s", name, to)
-	if _, err := dest.credvm(ctx, nil, "start", name); err != nil {
-		return res, undo(err)
-	}
-	if err := (&Placed{Machine: m, Host: dest}).WaitHealthy(ctx); err != nil {
-		return res, undo(err)
+	// A VM that was stopped stays stopped: moved, not started.
+	if wasRunning {
+		logf("%s: starting on %s", name, to)
+		if _, err := dest.credvm(ctx, nil, "start", name); err != nil {
+			return res, undo(err)
+		}
+		if err := (&Placed{Machine: m, Host: dest}).WaitHealthy(ctx); err != nil {
+			return res, undo(err)
+		}
+		res.Started = true
 	}
 	if err := setPlacement(r, name, from, to); err != nil {
-		return res, err
+		return res, undo(err)
 	}
 	_, derr := old.credvm(ctx, nil, "destroy", name)
 	if _, err := old.credvm(ctx, nil, "status", name); err != nil && strings.Contains(err.Error(), "does not exist") {
 		res.Removed = true
-		if derr != nil && len(m.VM.Volumes) > 0 {
-			logf("%s: removed from %s; its volumes stay there (%v)", name, from, derr)
-		}
 	} else if derr != nil {
 		logf("%s: left on %s: %v", name, from, derr)
 	}
+	if !o.Purge {
+		if len(m.VM.Volumes) > 0 && res.Removed {
+			logf("%s: its volumes stay on %s (credvm move --purge removes them)", name, from)
+		}
+		return res, nil
+	}
+	var imgs []string
+	for _, v := range m.VM.Volumes {
+		if !filepath.IsAbs(v.Image) && filepath.IsLocal(v.Image) {
+			imgs = append(imgs, v.Image)
+		}
+	}
+	dir := old.Path(filepath.Join(HostState, name))
+	script := "cd " + shellQuote(dir) + " 2>/dev/null || exit 0; rm -f --"
+	for _, img := range imgs {
+		script += " " + shellQuote(img)
+	}
+	script += "; cd / && rmdir " + shellQuote(dir) + " 2>/dev/null || true"
+	if _, err := old.Run(ctx, nil, "sh", "-c", script); err != nil {
+		return res, fmt.Errorf("moved, but its volumes on %s could not be removed: %w", from, err)
+	}
+	res.Purged = imgs
 	return res, nil
 }
 

@@ -57,7 +57,7 @@ func (p *Placed) Deploy(ctx context.Context) error {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	for _, d := range deployHost(ctx, p.Repo, p.User, p.Host.Name, []string{p.Machine.Name}, logf) {
+	for _, d := range deployHost(ctx, p.Repo, p.User, p.Host.Name, []string{p.Machine.Name}, true, logf) {
 		if d.Err != "" {
 			return errors.New(d.Err)
 		}

@@ -34,6 +34,9 @@ const (
 	Unhealthy
 	// Healthy: regenerated, restarted and healthy.
 	Healthy
+	// HostUnreachable: its host stopped answering before its turn; not
+	// regenerated, so its vars are unchanged.
+	HostUnreachable
 )
 
 var outcomeText = map[Outcome]string{
@@ -43,6 +46,7 @@ var outcomeText = map[Outcome]string{
 	RestartFailed:     "rotated, but the restart FAILED",
 	Unhealthy:         "rotated and restarted, but UNHEALTHY",
 	Healthy:           "rotated, restarted, healthy",
+	HostUnreachable:   "NOT rotated: its host cannot be reached (vars unchanged)",
 }
 
 func (o Outcome) String() string { return outcomeText[o] }
@@ -50,11 +54,14 @@ func (o Outcome) String() string { return outcomeText[o] }
 // MarshalText makes an outcome read as a word in JSON.
 func (o Outcome) MarshalText() ([]byte, error) {
 	return []byte(map[Outcome]string{Untouched: "untouched", RegenerateFailed: "regenerate-failed",
-		RotatedNotRunning: "rotated-not-running", RestartFailed: "restart-failed", Unhealthy: "unhealthy", Healthy: "healthy"}[o]), nil
+		RotatedNotRunning: "rotated-not-running", RestartFailed: "restart-failed", Unhealthy: "unhealthy", Healthy: "healthy",
+		HostUnreachable: "host-unreachable"}[o]), nil
 }
 
 // Failed reports whether the outcome stops a rollout.
-func (o Outcome) Failed() bool { return o == RegenerateFailed || o == RestartFailed || o == Unhealthy }
+func (o Outcome) Failed() bool {
+	return o == RegenerateFailed || o == RestartFailed || o == Unhealthy || o == HostUnreachable
+}
 
 // RotationStep is one VM of a rotation.
 type RotationStep struct {
@@ -223,6 +230,14 @@ func (rot *Rotation) Run(ctx context.Context, o RotateOptions) error {
 }
 
 func (rot *Rotation) rotateOne(ctx context.Context, step *RotationStep, o RotateOptions) (Outcome, error) {
+	if step.remote != nil {
+		// A host that dropped since the plan stops the rollout before its
+		// VM's secrets change: new vars it could not receive would only
+		// need rolling back.
+		if _, err := step.remote.Running(ctx); err != nil {
+			return HostUnreachable, err
+		}
+	}
 	e := &vars.Engine{Repo: step.repo, User: o.User, Log: o.Log}
 	g := o.Generate
 	g.Generators, g.Regenerate, g.Answers = step.Generators, true, g.Answers.For([]*spec.Machine{step.machine})
@@ -271,7 +286,7 @@ func (rot *Rotation) Failed() *RotationStep {
 // old secrets ("" when its vars were not changed).
 func (rot *Rotation) RollbackCommand() string {
 	f := rot.Failed()
-	if f == nil || f.Outcome == RegenerateFailed {
+	if f == nil || f.Outcome == RegenerateFailed || f.Outcome == HostUnreachable {
 		return ""
 	}
 	var rb []string
@@ -289,7 +304,7 @@ func (rot *Rotation) RollbackCommand() string {
 func (rot *Rotation) ContinueCommand() string {
 	var rest []string
 	for _, s := range rot.Steps {
-		if s.Outcome == Untouched {
+		if s.Outcome == Untouched || s.Outcome == HostUnreachable {
 			rest = append(rest, s.Name)
 		}
 	}

@@ -24,10 +24,10 @@ const (
 // key opens it; `run` opens it there, in memory.
 func (s StateDir) InstallSealedKey(sealed []byte, hostKey string) error {
 	if len(sealed) == 0 || !bytes.HasPrefix(bytes.TrimSpace(sealed), []byte("-----BEGIN AGE ENCRYPTED FILE-----")) {
-		return errors.New("install-key: standard input is not a sealed age file")
+		return fmt.Errorf("vm %s: its sealed machine key is not an age file", s.Name)
 	}
 	if _, err := os.Stat(hostKey); err != nil {
-		return fmt.Errorf("install-key: the host key: %w", err)
+		return fmt.Errorf("vm %s: the host key that opens its machine key: %w", s.Name, err)
 	}
 	if err := os.WriteFile(filepath.Join(s.Path(), sealedKey+".new"), sealed, 0o600); err != nil {
 		return err
