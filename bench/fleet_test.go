@@ -16,11 +16,12 @@ import (
 // benchmark's own, reached from a "laptop" namespace over a veth (no
 // address outside them), with its own root and sshd.
 type benchHost struct {
-	laptop, ns, root, cfg, id string
-	sshd                      *exec.Cmd
+	laptop, ns, addr, root, cfg, id string
+	sshd                            *exec.Cmd
 }
 
-func newBenchHost(b *testing.B) *benchHost {
+// benchLaptop is the namespace the "laptop" side runs in.
+func benchLaptop(b *testing.B) string {
 	b.Helper()
 	if os.Geteuid() != 0 {
 		b.Skip("needs root (network namespaces, sshd)")
@@ -30,25 +31,40 @@ func newBenchHost(b *testing.B) *benchHost {
 			b.Skipf("%s not installed", tool)
 		}
 	}
+	laptop := "credvm-bl-" + randomTag()
+	benchRun(b, "ip", "netns", "add", laptop)
+	b.Cleanup(func() { exec.Command("ip", "netns", "del", laptop).Run() })
+	return laptop
+}
+
+func randomTag() string {
 	rb := make([]byte, 3)
 	rand.Read(rb)
-	tag := hex.EncodeToString(rb)
-	h := &benchHost{laptop: "credvm-bl-" + tag, ns: "credvm-bh-" + tag}
-	run := func(args ...string) {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			b.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-		}
+	return hex.EncodeToString(rb)
+}
+
+func benchRun(b *testing.B, args ...string) {
+	b.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		b.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	run("ip", "netns", "add", h.laptop)
-	b.Cleanup(func() { exec.Command("ip", "netns", "del", h.laptop).Run() })
+}
+
+// newBenchHost is host number n (its addresses 10.81.n.1 on the laptop's
+// side, 10.81.n.2 on its own), reached from laptop.
+func newBenchHost(b *testing.B, laptop string, n int) *benchHost {
+	b.Helper()
+	h := &benchHost{laptop: laptop, ns: "credvm-bh-" + randomTag(), addr: fmt.Sprintf("10.81.%d.2", n)}
+	run := func(args ...string) { benchRun(b, args...) }
 	run("ip", "netns", "add", h.ns)
 	b.Cleanup(func() { exec.Command("ip", "netns", "del", h.ns).Run() })
-	run("ip", "-n", h.laptop, "link", "add", "bl0", "type", "veth", "peer", "name", "bh0")
-	run("ip", "-n", h.laptop, "link", "set", "bh0", "netns", h.ns)
-	run("ip", "-n", h.laptop, "addr", "add", "10.81.0.1/30", "dev", "bl0")
-	run("ip", "-n", h.laptop, "link", "set", "bl0", "up")
-	run("ip", "-n", h.ns, "addr", "add", "10.81.0.2/30", "dev", "bh0")
-	run("ip", "-n", h.ns, "link", "set", "bh0", "up")
+	la, ha := fmt.Sprintf("bl%d", n), fmt.Sprintf("bh%d", n)
+	run("ip", "-n", h.laptop, "link", "add", la, "type", "veth", "peer", "name", ha)
+	run("ip", "-n", h.laptop, "link", "set", ha, "netns", h.ns)
+	run("ip", "-n", h.laptop, "addr", "add", fmt.Sprintf("10.81.%d.1/30", n), "dev", la)
+	run("ip", "-n", h.laptop, "link", "set", la, "up")
+	run("ip", "-n", h.ns, "addr", "add", h.addr+"/30", "dev", ha)
+	run("ip", "-n", h.ns, "link", "set", ha, "up")
 	h.root, _ = os.MkdirTemp("/tmp", "cvbh")
 	os.Chmod(h.root, 0o755)
 	b.Cleanup(func() { os.RemoveAll(h.root) })
@@ -58,7 +74,7 @@ func newBenchHost(b *testing.B) *benchHost {
 	run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", h.id)
 	os.MkdirAll("/run/sshd", 0o755)
 	h.cfg = filepath.Join(h.root, "sshd_config")
-	os.WriteFile(h.cfg, []byte(fmt.Sprintf("ListenAddress 10.81.0.2\nHostKey %s/etc/ssh/ssh_host_ed25519_key\nPidFile %s/sshd.pid\nAuthorizedKeysFile %s.pub\nPermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n", h.root, h.root, h.id)), 0o600)
+	os.WriteFile(h.cfg, []byte(fmt.Sprintf("ListenAddress %s\nHostKey %s/etc/ssh/ssh_host_ed25519_key\nPidFile %s/sshd.pid\nAuthorizedKeysFile %s.pub\nPermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n", h.addr, h.root, h.root, h.id)), 0o600)
 	h.sshd = exec.Command("ip", "netns", "exec", h.ns, "/usr/sbin/sshd", "-D", "-f", h.cfg)
 	if err := h.sshd.Start(); err != nil {
 		b.Fatal(err)
@@ -75,41 +91,56 @@ func (h *benchHost) inLaptop(f *fixture, args ...string) *exec.Cmd {
 	return c
 }
 
-// BenchmarkFleet: from a laptop-side repository, against one host over
-// SSH — `list` with 500 VMs registered on the host, and `deploy` of an
-// unchanged VM — each as a ratio to `ssh HOST true` over the same pinned,
-// multiplexed connection.
-func BenchmarkFleet(b *testing.B) {
-	h := newBenchHost(b)
-	f := newFixture(b)
-	runtime := b.TempDir()
-	f.env = append(f.env, "XDG_RUNTIME_DIR="+runtime)
-	b.Cleanup(func() { exec.Command("pkill", "-f", "ControlPath="+runtime).Run() })
-	if out, err := h.inLaptop(f, "host", "add", "hv1", "root@10.81.0.2", "--ssh-option", "IdentityFile="+h.id, "--root", h.root, "--yes").CombinedOutput(); err != nil {
-		b.Fatalf("host add: %v\n%s", err, out)
-	}
-	f.machine(b, "app", "[vm]\nkernel = \"/boot/vmlinuz\"\nmem = 256\n[credentials]\nENV = { value = \"prod\" }\n")
-	inv, _ := os.ReadFile(filepath.Join(f.dir, "inventory.toml"))
-	os.WriteFile(filepath.Join(f.dir, "inventory.toml"), append(inv, []byte("\n[machines.app]\nhost = \"hv1\"\n")...), 0o644)
-	// The first deploy copies credvm and creates the VM (its start fails:
-	// no guest is booted here); what is measured is the next ones.
-	h.inLaptop(f, "deploy", "app").Run()
-	// 500 VMs registered on the host, not booted: a fixture there.
+// register puts n VMs (not booted) on the host, with the host's credvm
+// (copied there by a first deploy).
+func (h *benchHost) register(b *testing.B, n int) {
+	b.Helper()
 	hostRepo, hostState := filepath.Join(h.root, "var/lib/credvm/repo"), filepath.Join(h.root, "var/lib/microvms")
 	var names []string
-	for i := range 500 {
-		n := fmt.Sprintf("vm%03d", i)
-		os.MkdirAll(filepath.Join(hostRepo, "machines", n), 0o755)
-		os.WriteFile(filepath.Join(hostRepo, "machines", n, "machine.toml"), []byte("[vm]\nkernel = \"/boot/vmlinuz\"\nmem = 256\n[credentials]\nENV = { value = \"prod\" }\n"), 0o644)
-		names = append(names, n)
+	for i := range n {
+		name := fmt.Sprintf("vm%03d", i)
+		os.MkdirAll(filepath.Join(hostRepo, "machines", name), 0o755)
+		os.WriteFile(filepath.Join(hostRepo, "machines", name, "machine.toml"), []byte("[vm]\nkernel = \"/boot/vmlinuz\"\nmem = 256\n[credentials]\nENV = { value = \"prod\" }\n"), 0o644)
+		names = append(names, name)
 	}
 	c := exec.Command(filepath.Join(h.root, "var/lib/credvm/bin/credvm"), append([]string{"create", "--repo", hostRepo, "--state-dir", hostState}, names...)...)
 	if out, err := c.CombinedOutput(); err != nil {
 		b.Fatalf("host fixture: %v\n%s", err, out[:min(len(out), 500)])
 	}
-	dest := []string{"netns", "exec", h.laptop, "ssh", "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=" + filepath.Join(f.dir, "sops/hosts/hv1/known_hosts"),
+}
+
+// BenchmarkFleet: from a laptop-side repository, against hosts over SSH —
+// `list` with 500 VMs registered on one host and on each of two, and
+// `deploy` of an unchanged VM — each as a ratio to `ssh HOST true` over
+// the same pinned, multiplexed connection.
+func BenchmarkFleet(b *testing.B) {
+	laptop := benchLaptop(b)
+	hosts := []*benchHost{newBenchHost(b, laptop, 1), newBenchHost(b, laptop, 2)}
+	f := newFixture(b)
+	runtime := b.TempDir()
+	f.env = append(f.env, "XDG_RUNTIME_DIR="+runtime, "XDG_CACHE_HOME="+b.TempDir())
+	b.Cleanup(func() { exec.Command("pkill", "-f", "ControlPath="+runtime).Run() })
+	var inv strings.Builder
+	for i, h := range hosts {
+		hn := fmt.Sprintf("hv%d", i+1)
+		if out, err := h.inLaptop(f, "host", "add", hn, "root@"+h.addr, "--ssh-option", "IdentityFile="+h.id, "--root", h.root, "--yes").CombinedOutput(); err != nil {
+			b.Fatalf("host add: %v\n%s", err, out)
+		}
+		fmt.Fprintf(&inv, "\n[machines.app%d]\nhost = %q\n", i+1, hn)
+		f.machine(b, fmt.Sprintf("app%d", i+1), "[vm]\nkernel = \"/boot/vmlinuz\"\nmem = 256\n[credentials]\nENV = { value = \"prod\" }\n")
+	}
+	old, _ := os.ReadFile(filepath.Join(f.dir, "inventory.toml"))
+	os.WriteFile(filepath.Join(f.dir, "inventory.toml"), append(old, inv.String()...), 0o644)
+	// The first deploy copies credvm and creates the VMs (their start
+	// fails: no guest is booted here); what is measured is the next ones.
+	for i, h := range hosts {
+		h.inLaptop(f, "deploy", fmt.Sprintf("app%d", i+1)).Run()
+		h.register(b, 500)
+	}
+	h1 := hosts[0]
+	dest := []string{"netns", "exec", laptop, "ssh", "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=" + filepath.Join(f.dir, "sops/hosts/hv1/known_hosts"),
 		"-o", "HostKeyAlias=credvm-host-hv1", "-o", "ControlMaster=auto", "-o", "ControlPath=" + filepath.Join(runtime, "credvm-ssh", "%C"), "-o", "ControlPersist=60",
-		"-o", "IdentityFile=" + h.id, "root@10.81.0.2", "true"}
+		"-o", "IdentityFile=" + h1.id, "root@" + h1.addr, "true"}
 	measure := func(name string, cmd func() *exec.Cmd) time.Duration {
 		var ts []time.Duration
 		for range 5 {
@@ -122,9 +153,9 @@ func BenchmarkFleet(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		base := measure("ssh-true", func() *exec.Cmd { return exec.Command("ip", dest...) })
-		list := measure("list-500", func() *exec.Cmd { return h.inLaptop(f, "list") })
-		deploy := measure("deploy-unchanged", func() *exec.Cmd { return h.inLaptop(f, "deploy", "app") })
-		b.ReportMetric(float64(list)/float64(base), "list-vs-ssh")
+		deploy := measure("deploy-unchanged", func() *exec.Cmd { return h1.inLaptop(f, "deploy", "app1") })
 		b.ReportMetric(float64(deploy)/float64(base), "deploy-vs-ssh")
+		list2 := measure("list-2x500", func() *exec.Cmd { return h1.inLaptop(f, "list") })
+		b.ReportMetric(float64(list2)/float64(base), "list-2x500-vs-ssh")
 	}
 }

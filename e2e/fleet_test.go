@@ -94,6 +94,19 @@ func (h *testHost) start(ns *netns) {
 	h.t.Fatalf("sshd did not listen on %s:\n%s", h.addr, log.String())
 }
 
+// dropSSH is the host's sshd gone at once: the listener and every
+// session's sshd in its namespace (the connections this machine's ssh
+// multiplexes over die with them); its VMs keep running.
+func (h *testHost) dropSSH() {
+	h.stop()
+	out, _ := exec.Command("ip", "netns", "pids", h.ns.name).Output()
+	for _, pid := range strings.Fields(string(out)) {
+		if comm, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(comm)) == "sshd" {
+			exec.Command("kill", "-9", pid).Run()
+		}
+	}
+}
+
 func (h *testHost) stop() {
 	if h.sshd != nil && h.sshd.Process != nil {
 		h.sshd.Process.Kill()
@@ -381,9 +394,7 @@ KEY = { var = "g/key" }
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		h2.stop()
-		exec.Command("pkill", "-f", "sshd.*"+h2.cfg).Run()
-		exec.Command("pkill", "-f", "HostKeyAlias=credvm-host-h2").Run()
+		h2.dropSSH()
 		dropped <- true
 	}()
 	out, err = onLaptop("rotate", "fleet3", "fleet4")

@@ -122,37 +122,30 @@ refused until confirmed again.`,
 }
 
 func newDeployCmd(g *globals) *cobra.Command {
-	var tags []string
+	var tags, hosts []string
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "deploy [NAME...] [--tag T]",
+		Use:   "deploy [NAME...] [--tag T] [--host H]",
 		Short: "Send VMs to their hosts over SSH (credvm, machine file, encrypted vars, sealed machine key) and create or update them there",
 		Long: `For each VM placed on a host (inventory.toml: [machines.NAME] host = "H"),
 over your OpenSSH client — your ~/.ssh/config and agent, the host key pinned
-by credvm host add, one connection per host, hosts in parallel —: copy this
-credvm to the host when its own is missing or differs, send the machine
-file, its encrypted vars and the users' public keys as a backup archive the
-host's credvm checks and restores into /var/lib/credvm/repo, and the
-machine key sealed to the host's ssh-ed25519 key; then create it there and
-start it, or update it (-R: restart a VM running older vars). Nothing
-plaintext crosses the wire. With no name and no tag: every placed VM.`,
+by credvm host add, one session per host, hosts in parallel —: send the
+machine files, their encrypted vars and the users' public keys as a backup
+archive the host's credvm checks and restores into /var/lib/credvm/repo,
+and each machine key sealed to the host's ssh-ed25519 key; the host then
+creates and starts each new VM, and updates the others (restarting a VM
+that runs older vars or configuration). This credvm is copied to the host
+first when the host's is missing or differs. Nothing plaintext crosses the
+wire. With no name, tag or host: every placed VM.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(_ *cobra.Command, args []string) error {
 			r, err := g.openRepo()
 			if err != nil {
 				return err
 			}
-			names := args
-			if len(args) == 0 || len(tags) > 0 {
-				if names, err = r.Select(args, tags); err != nil {
-					return err
-				}
-				if len(args) == 0 && len(tags) == 0 {
-					names = placed(r, names)
-				}
-			}
-			if len(names) == 0 {
-				return errors.New("no VM is placed on a host: set host = \"H\" under [machines.NAME] in inventory.toml")
+			names, err := fleet.Select(r, args, tags, hosts)
+			if err != nil {
+				return err
 			}
 			ids, err := sops.LoadUserIdentities()
 			if err != nil {
@@ -183,19 +176,9 @@ plaintext crosses the wire. With no name and no tag: every placed VM.`,
 		},
 	}
 	tagFlag(cmd, &tags, "every VM with this inventory tag")
+	cmd.Flags().StringArrayVar(&hosts, "host", nil, "every VM placed on this host (repeatable)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was deployed as JSON")
 	return cmd
-}
-
-// placed are the machines of names placed on a host.
-func placed(r *repo.Repo, names []string) []string {
-	var out []string
-	for _, n := range names {
-		if r.Inventory.HostOf(n) != "" {
-			out = append(out, n)
-		}
-	}
-	return out
 }
 
 // remote runs a lifecycle command of a VM placed on a host there, with

@@ -89,7 +89,7 @@ Installing credvm as (or linking it to) "microvm" makes ` + "`microvm -l`" + ` w
 			case a.run != "":
 				return g.microvmRun(a.run)
 			case a.list:
-				return g.list(nil, false)
+				return g.list(nil, nil, false)
 			}
 			return cmd.Help()
 		},

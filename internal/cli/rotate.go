@@ -59,11 +59,13 @@ retention period (credvm.toml [history] retention, default 24h): see
 						return err
 					}
 				}
-				placedNames = placed(r, all)
-				local = slices.DeleteFunc(slices.Clone(args), func(n string) bool { return slices.Contains(placedNames, n) })
-				if remotes, err = fleet.Remotes(r, user, placedNames, func(f string, a ...any) { fmt.Fprintf(g.stderr, "    "+f+"\n", a...) }); err != nil {
+				if remotes, err = fleet.Remotes(r, user, all, func(f string, a ...any) { fmt.Fprintf(g.stderr, "    "+f+"\n", a...) }); err != nil {
 					return err
 				}
+				for _, rv := range remotes {
+					placedNames = append(placedNames, rv.Name)
+				}
+				local = slices.DeleteFunc(slices.Clone(args), func(n string) bool { return slices.Contains(placedNames, n) })
 			}
 			var names []string
 			if len(args) == 0 || len(local) > 0 || len(tags) > 0 {

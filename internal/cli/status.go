@@ -133,7 +133,7 @@ func (g *globals) printLastRun(run *vm.RunRecord) {
 
 func newListCmd(g *globals) *cobra.Command {
 	var asJSON bool
-	var tags []string
+	var tags, hosts []string
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List VMs: running or not, and current / outdated / stale / not booted / stopped / failed, with the command that fixes it",
@@ -154,26 +154,38 @@ It reads small files only (no VM is contacted, nothing is decrypted), so it
 stays fast with hundreds of VMs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.list(tags, asJSON)
+			return g.list(tags, hosts, asJSON)
 		},
 	}
+	cmd.Flags().StringArrayVar(&hosts, "host", nil, "only the VMs on this host of the inventory (repeatable)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	tagFlag(cmd, &tags, "only VMs whose machine carries this inventory tag")
 	return cmd
 }
 
-func (g *globals) list(tags []string, asJSON bool) error {
-	names, err := vm.Select(g.stateRoot(), nil, tags, true)
-	if err != nil {
-		return err
+func (g *globals) list(tags, only []string, asJSON bool) error {
+	// The hosts are asked while this one's VMs are inspected.
+	hostsc := make(chan []fleet.Listing, 1)
+	go func() { hostsc <- g.listHosts(only, asJSON) }()
+	var rows []vm.Listed
+	if len(only) == 0 {
+		names, err := vm.Select(g.stateRoot(), nil, tags, true)
+		if err != nil {
+			return err
+		}
+		rows = vm.ListStatuses(g.stateRoot(), names)
 	}
-	rows := vm.ListStatuses(g.stateRoot(), names)
-	hosts := g.listHosts(asJSON)
+	hosts := <-hostsc
+	if len(only) > 0 && len(hosts) == 1 && hosts[0].Err != nil && !asJSON {
+		return hosts[0].Err
+	}
 	if asJSON {
 		return g.printListJSON(rows, hosts)
 	}
-	if err := g.printList(rows); err != nil {
-		return err
+	if len(only) == 0 {
+		if err := g.printList(rows); err != nil {
+			return err
+		}
 	}
 	for _, h := range hosts {
 		if h.Err != nil {
@@ -190,12 +202,15 @@ func (g *globals) list(tags []string, asJSON bool) error {
 
 // listHosts asks every host of the inventory for its list, in parallel
 // (none when there is no repository or no host).
-func (g *globals) listHosts(asJSON bool) []fleet.Listing {
+func (g *globals) listHosts(only []string, asJSON bool) []fleet.Listing {
 	r, err := g.openRepo()
-	if err != nil || len(r.Inventory.Hosts) == 0 {
+	if err != nil {
+		if len(only) > 0 {
+			return []fleet.Listing{{Host: only[0], Err: err}}
+		}
 		return nil
 	}
-	return fleet.List(context.Background(), r, asJSON)
+	return fleet.List(context.Background(), r, only, asJSON)
 }
 
 func (g *globals) printListJSON(rows []vm.Listed, hosts []fleet.Listing) error {

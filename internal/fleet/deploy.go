@@ -306,10 +306,14 @@ type Listing struct {
 	Err      error            // unreachable: why
 }
 
-// List asks every host of the inventory for its VMs, in parallel; an
-// unreachable host is an Err of its own, never the others' failure.
-func List(ctx context.Context, r *repo.Repo, asJSON bool) []Listing {
+// List asks every host of the inventory (or only those named) for its
+// VMs, in parallel; an unreachable host is an Err of its own, never the
+// others' failure, and so is a name the inventory does not know.
+func List(ctx context.Context, r *repo.Repo, only []string, asJSON bool) []Listing {
 	names := slices.Sorted(maps.Keys(r.Inventory.Hosts))
+	if len(only) > 0 {
+		names = slices.Clone(only)
+	}
 	out := make([]Listing, len(names))
 	var wg sync.WaitGroup
 	for i, n := range names {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -112,5 +113,48 @@ func Remotes(r *repo.Repo, user *sops.Identities, names []string, logf func(stri
 		out = append(out, vm.RemoteVM{Name: n, Host: hn, Repo: r, Machine: m,
 			Remote: &Placed{Repo: r, User: user, Machine: m, Host: h, Log: logf}})
 	}
+	return out, nil
+}
+
+// Select names the placed VMs among names, tags and hosts: the named VMs
+// (each must be placed), those with one of the tags, and those on one of
+// the hosts; with none of them, every placed VM.
+func Select(r *repo.Repo, names, tags, hosts []string) ([]string, error) {
+	for _, h := range hosts {
+		if r.Inventory.Hosts[h] == nil {
+			return nil, fmt.Errorf("no host %q in inventory.toml: add it with `credvm host add %s USER@ADDRESS`", h, h)
+		}
+	}
+	var out []string
+	if len(names) > 0 || len(tags) > 0 {
+		sel, err := r.Select(names, tags)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range sel {
+			if r.Inventory.HostOf(n) == "" {
+				if slices.Contains(names, n) {
+					return nil, fmt.Errorf("machine %s has no host: place it with host = \"NAME\" under [machines.%s] in inventory.toml", n, n)
+				}
+				continue
+			}
+			out = append(out, n)
+		}
+	}
+	if len(hosts) > 0 || len(names) == 0 && len(tags) == 0 {
+		all, err := r.MachineNames()
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range all {
+			if h := r.Inventory.HostOf(n); h != "" && (len(hosts) == 0 || slices.Contains(hosts, h)) && !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no VM is placed on a host: set host = \"H\" under [machines.NAME] in inventory.toml")
+	}
+	slices.Sort(out)
 	return out, nil
 }
