@@ -119,7 +119,7 @@ func BenchmarkFleet(b *testing.B) {
 	f := newFixture(b)
 	runtime := b.TempDir()
 	f.env = append(f.env, "XDG_RUNTIME_DIR="+runtime, "XDG_CACHE_HOME="+b.TempDir())
-	b.Cleanup(func() { exec.Command("pkill", "-f", "ControlPath="+runtime).Run() })
+	b.Cleanup(func() { exec.Command("pkill", "-f", runtime+"/credvm-ssh").Run() })
 	var inv strings.Builder
 	for i, h := range hosts {
 		hn := fmt.Sprintf("hv%d", i+1)

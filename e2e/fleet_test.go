@@ -82,6 +82,9 @@ func (h *testHost) start(ns *netns) {
 	h.sshd = exec.Command("ip", "netns", "exec", ns.name, "/usr/sbin/sshd", "-D", "-e", "-f", h.cfg)
 	var log bytes.Buffer
 	h.sshd.Stderr = &log
+	// Its sessions hold the log pipe too: stopping the listener must not
+	// wait for them.
+	h.sshd.WaitDelay = time.Second
 	if err := h.sshd.Start(); err != nil {
 		h.t.Fatal(err)
 	}
@@ -98,13 +101,13 @@ func (h *testHost) start(ns *netns) {
 // session's sshd in its namespace (the connections this machine's ssh
 // multiplexes over die with them); its VMs keep running.
 func (h *testHost) dropSSH() {
-	h.stop()
 	out, _ := exec.Command("ip", "netns", "pids", h.ns.name).Output()
 	for _, pid := range strings.Fields(string(out)) {
 		if comm, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(comm)) == "sshd" {
 			exec.Command("kill", "-9", pid).Run()
 		}
 	}
+	h.stop()
 }
 
 func (h *testHost) stop() {
@@ -141,7 +144,8 @@ func TestFleet(t *testing.T) {
 	h1 := startTestHost(t, laptop, "h1", "10.79.0.1", "10.79.0.2", id+".pub")
 	runtime := t.TempDir()
 	r.env = append(r.env, "XDG_RUNTIME_DIR="+runtime)
-	t.Cleanup(func() { exec.Command("pkill", "-f", "ControlPath="+runtime).Run() })
+	// ssh's multiplexers name themselves by their socket, under runtime.
+	t.Cleanup(func() { exec.Command("pkill", "-f", runtime+"/credvm-ssh").Run() })
 	onLaptop := func(args ...string) (string, error) { return laptop.credvm(r, args...) }
 
 	// host add: shown, refused without a yes, pinned with one.
@@ -220,6 +224,13 @@ KEY = { var = "g/key" }
 	if out, err = onLaptop("status", "fleet1"); err != nil || !strings.Contains(out, "fleet1: current") {
 		t.Errorf("status over ssh: %v\n%s", err, out)
 	}
+	// The console of a VM on a host: this terminal attached to the host's
+	// `credvm console` over ssh -t; Ctrl-] reaches it and detaches.
+	attachThroughTmux(t, r.env, r.dir, "ip netns exec "+laptop.name+" "+credvmBin+" console fleet1", "fleet1", false)
+	if out, _ = onLaptop("status", "fleet1"); !strings.Contains(out, "running") {
+		t.Errorf("fleet1 after detaching from its console:\n%s", out)
+	}
+
 	// A second deploy of the unchanged VM: nothing copied, nothing restarted.
 	if out, err = onLaptop("deploy", "fleet1"); err != nil || !strings.Contains(out, "fleet1 on h1: ") || strings.Contains(out, "created") {
 		t.Errorf("deploy again: %v\n%s", err, out)
@@ -227,19 +238,7 @@ KEY = { var = "g/key" }
 
 	// Nothing secret on the host's disk: no user key, no plaintext machine
 	// key, no secret; none in the hypervisor's argv either.
-	leaks := map[string][]byte{"the user's key": bytes.TrimSpace(lastLine(userKey)), "the machine key": []byte(strings.TrimSpace(machineKey)), "the secret": []byte(secret)}
-	filepath.WalkDir(h1.root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || strings.HasSuffix(p, ".sock") {
-			return nil
-		}
-		b, _ := os.ReadFile(p)
-		for what, v := range leaks {
-			if len(v) > 0 && bytes.Contains(b, v) {
-				t.Errorf("%s is on the host's disk: %s", what, p)
-			}
-		}
-		return nil
-	})
+	noLeaks(t, map[string][]byte{"the user's key": bytes.TrimSpace(lastLine(userKey)), "the machine key": []byte(strings.TrimSpace(machineKey)), "the secret": []byte(secret)}, h1.root)
 	var rec struct {
 		PID int `json:"hypervisor_pid"`
 	}
@@ -403,7 +402,7 @@ KEY = { var = "g/key" }
 	}
 	for _, want := range []string{
 		"fleet3: rotated, restarted, healthy",
-		"fleet4: NOT rotated: its host cannot be reached (vars unchanged): vm fleet4 on h2: host h2: ",
+		"fleet4: NOT rotated: its host cannot be reached (vars unchanged): vm fleet4 on h2: host h2: ssh: connect to host 10.79.0.6 port 22: Connection refused",
 		"credvm rotate fleet4",
 	} {
 		if err == nil || !strings.Contains(out, want) {
@@ -417,9 +416,7 @@ KEY = { var = "g/key" }
 
 	// A host that cannot be reached stops a rollout before it changes
 	// anything: no secret is regenerated for a VM that would not get it.
-	h2.stop()
-	exec.Command("pkill", "-f", "sshd.*"+h2.cfg).Run() // its sessions too
-	exec.Command("pkill", "-f", "ControlPath="+runtime).Run()
+	h2.dropSSH()
 	before := r.credvm("vars", "get", "fleet1", "g/key")
 	if out, err = onLaptop("rotate", "fleet1"); err == nil || !strings.Contains(out, "vm fleet1 on h2: host h2: ") {
 		t.Errorf("rotate with its host down: %v\n%s", err, out)
@@ -448,11 +445,35 @@ KEY = { var = "g/key" }
 		t.Errorf("fleet1 moved while stopped should stay stopped:\n%s", out)
 	}
 
+	// After all of it, with the VMs on both hosts running: no secret, no
+	// machine key and no user key on either host's disk, nor in the argv
+	// or environment of any process of the three namespaces (supervisors,
+	// hypervisors, sshd sessions, ssh multiplexers).
+	all := map[string][]byte{"the user's key": bytes.TrimSpace(lastLine(userKey))}
+	for _, v := range []struct{ vm, file string }{{"fleet1", "g/key"}, {"fleet2", "big/v"}, {"fleet3", "g/key"}, {"fleet4", "g/key"}} {
+		all[v.vm+"'s secret"] = []byte(r.credvm("vars", "get", v.vm, v.file))
+		all[v.vm+"'s machine key"] = []byte(strings.TrimSpace(r.credvm("vars", "machine-key", v.vm, "-o", "-")))
+	}
+	noLeaks(t, all, h1.root, h2.root)
+	var secrets [][]byte
+	for _, v := range all {
+		secrets = append(secrets, v)
+	}
+	checked := 0
+	for _, ns := range []*netns{laptop, h1.ns, h2.ns} {
+		out, _ := exec.Command("ip", "netns", "pids", ns.name).Output()
+		for _, pid := range strings.Fields(string(out)) {
+			checked += r.checkProcess(pid, "process "+pid+" in "+ns.name, secrets)
+		}
+	}
+	if checked < 6 {
+		t.Errorf("only %d processes checked for leaks in the fleet's namespaces", checked)
+	}
+
 	// A changed host key is refused, by host add and by ssh itself.
-	h1.stop()
+	h1.dropSSH()
 	h1.newHostKey()
 	h1.start(h1.ns)
-	exec.Command("pkill", "-f", "ControlPath="+runtime).Run()
 	out, err = onLaptop("host", "add", "h1", "root@10.79.0.2", "--ssh-option", "IdentityFile="+id, "--root", h1.root)
 	if err == nil || !strings.Contains(out, "~ host h1: its key changed from ") {
 		t.Errorf("host add with a changed key: %v\n%s", err, out)
@@ -463,10 +484,30 @@ KEY = { var = "g/key" }
 
 	// A host whose sshd is gone: unreachable, and list still answers for
 	// the others.
-	h1.stop()
+	h1.dropSSH()
 	out, err = onLaptop("list")
 	if err != nil || !strings.Contains(out, "host h1: unreachable (") || !strings.Contains(out, "host h2:") {
 		t.Errorf("list with h1 down: %v\n%s", err, out)
+	}
+}
+
+// noLeaks fails the test for every file under the roots holding one of
+// the values.
+func noLeaks(t *testing.T, values map[string][]byte, roots ...string) {
+	t.Helper()
+	for _, root := range roots {
+		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || strings.HasSuffix(p, ".sock") {
+				return nil
+			}
+			b, _ := os.ReadFile(p)
+			for what, v := range values {
+				if leaks(b, v) {
+					t.Errorf("%s is on a host's disk: %s", what, p)
+				}
+			}
+			return nil
+		})
 	}
 }
 

@@ -74,21 +74,30 @@ func TestNewcomer(t *testing.T) {
 // Ctrl-].
 func consoleThroughTmux(t *testing.T, r *repo, name string) {
 	t.Helper()
+	attachThroughTmux(t, nil, "", fmt.Sprintf("%s console %s --state-dir %s", credvmBin, name, r.state), name, true)
+}
+
+// attachThroughTmux runs command (a `credvm console`) on a tmux terminal
+// with env in dir, waits for it to attach, runs a command in the guest's
+// root shell when the guest has one, and detaches with Ctrl-].
+func attachThroughTmux(t *testing.T, env []string, dir, command, name string, shell bool) {
+	t.Helper()
 	if _, err := exec.LookPath("tmux"); err != nil {
 		t.Log("tmux not installed: the console is not tested")
 		return
 	}
-	sock := "credvm-test-" + strconv.Itoa(os.Getpid())
+	sock := "credvm-test-" + strconv.Itoa(os.Getpid()) + "-" + name
 	tmux := func(args ...string) string {
-		out, err := exec.Command("tmux", append([]string{"-L", sock}, args...)...).CombinedOutput()
+		c := exec.Command("tmux", append([]string{"-L", sock}, args...)...)
+		c.Env, c.Dir = env, dir
+		out, err := c.CombinedOutput()
 		if err != nil {
 			t.Fatalf("tmux %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 		return string(out)
 	}
 	defer exec.Command("tmux", "-L", sock, "kill-server").Run()
-	tmux("new-session", "-d", "-s", "c", "-x", "160", "-y", "40",
-		fmt.Sprintf("%s console %s --state-dir %s; echo console-exit=$?; sleep 60", credvmBin, name, r.state))
+	tmux("new-session", "-d", "-s", "c", "-x", "160", "-y", "40", command+"; echo console-exit=$?; sleep 60")
 	pane := func() string { return tmux("capture-pane", "-p", "-t", "c", "-S", "-200") }
 	waitFor := func(want string) string {
 		deadline := time.Now().Add(60 * time.Second)
@@ -103,10 +112,12 @@ func consoleThroughTmux(t *testing.T, r *repo, name string) {
 			time.Sleep(300 * time.Millisecond)
 		}
 	}
-	waitFor("Ctrl-] detaches")
-	tmux("send-keys", "-t", "c", "", "Enter")
-	tmux("send-keys", "-t", "c", "echo console-$((6*7))", "Enter")
-	waitFor("console-42")
+	waitFor("attached to " + name + "'s console; Ctrl-] detaches")
+	if shell {
+		tmux("send-keys", "-t", "c", "", "Enter")
+		tmux("send-keys", "-t", "c", "echo console-$((6*7))", "Enter")
+		waitFor("console-42")
+	}
 	tmux("send-keys", "-t", "c", "C-]")
 	p := waitFor("console-exit=")
 	if !strings.Contains(p, "detached from "+name+"'s console; it keeps running") || !strings.Contains(p, "console-exit=0") {

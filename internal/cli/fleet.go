@@ -194,15 +194,15 @@ func (g *globals) remote(name string, args ...string) (ok bool, err error) {
 
 // remoteIn is remote with the repository open.
 func (g *globals) remoteIn(r *repo.Repo, name string, args ...string) (ok bool, err error) {
-	if len(args) > 0 && args[0] == "console" {
-		return false, nil // interactive: not over a command's ssh
-	}
 	if r.Inventory.HostOf(name) == "" {
 		return false, nil
 	}
 	h, err := fleet.HostOf(r, r.Inventory.HostOf(name))
 	if err != nil {
 		return true, err
+	}
+	if len(args) > 0 && args[0] == "console" {
+		return true, h.ConsoleOn(context.Background(), g.stdinFile(), g.stdout, g.stderr, name)
 	}
 	// Streamed, not collected: logs -f follows the host's console.
 	return true, h.LifecycleStream(context.Background(), g.stdout, append(args, name)...)
@@ -232,6 +232,7 @@ func forwardedFlags(cmd *cobra.Command) []string {
 func newMoveCmd(g *globals) *cobra.Command {
 	var o fleet.MoveOptions
 	var to string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "move NAME --to HOST",
 		Short: "Move a VM to another host: deploy there, stop here, start there, wait for its receipt, then remove it here",
@@ -261,6 +262,12 @@ at both ends; the old host keeps its copies unless --purge.
 			}
 			o.Log = func(f string, a ...any) { fmt.Fprintf(g.stderr, f+"\n", a...) }
 			res, err := fleet.Move(context.Background(), r, ids, args[0], to, o)
+			if asJSON {
+				if jerr := g.printJSON(res); jerr != nil {
+					return jerr
+				}
+				return err
+			}
 			if err != nil {
 				return err
 			}
@@ -277,6 +284,7 @@ at both ends; the old host keeps its copies unless --purge.
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the host to move the VM to")
 	cmd.Flags().BoolVar(&o.WithoutVolumes, "without-volumes", false, "start it on the new host with fresh volumes instead of copies")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was done as JSON (also when it failed)")
 	cmd.Flags().BoolVar(&o.Purge, "purge", false, "once moved, remove its volumes from the old host (else they stay there)")
 	return cmd
 }

@@ -299,7 +299,10 @@ func newConsoleCmd(g *globals) *cobra.Command {
 does: what you type goes to the guest (the terminal is in raw mode, so
 Ctrl-C reaches the guest's shell), what the guest prints comes back, and
 the console log is still written. Ctrl-] detaches and leaves the VM
-running. One terminal at a time. QEMU VMs; for the others, logs -f.`
+running. One terminal at a time. QEMU VMs; for the others, logs -f.
+A VM placed on a host is attached there: its host's credvm console, on a
+terminal of its own over ssh -t (ssh's escape character off, so Ctrl-]
+reaches it).`
 	return cmd
 }
 

@@ -3,8 +3,10 @@
 // and agent, one multiplexed connection per host), credvm itself on each
 // host, and the repository as the shared record. There is no daemon of
 // credvm's own and no protocol of its own: a host is reached by running
-// credvm there over ssh, with archives credvm already checks
-// (backup/restore) on its standard input.
+// credvm there over ssh. A deploy is one session per host: its shipment —
+// a backup archive the host's credvm checks as any restore, and the
+// machine keys sealed to the host key — on the standard input of `credvm
+// host receive` (receive.go, the host's side).
 //
 // A host's key is pinned when it is added (`credvm host add`, the
 // fingerprint shown and confirmed) and stored in the repository
@@ -20,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -145,13 +148,29 @@ func (h *Host) Stream(ctx context.Context, stdin io.Reader, stdout io.Writer, ar
 	return nil
 }
 
-// command is ssh running argv on the host, each argument quoted for its
-// shell.
-func (h *Host) command(ctx context.Context, argv []string) (*exec.Cmd, error) {
+// Interactive runs argv on the host on a terminal of its own (ssh -t)
+// wired to this one, with ssh's escape character off: every key reaches
+// the host's command (`credvm console`, whose Ctrl-] detaches).
+func (h *Host) Interactive(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, argv ...string) error {
+	cmd, err := h.command(ctx, argv, "-t", "-e", "none")
+	if err != nil {
+		return err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	return nil
+}
+
+// command is ssh (with extra options first) running argv on the host,
+// each argument quoted for its shell.
+func (h *Host) command(ctx context.Context, argv []string, extra ...string) (*exec.Cmd, error) {
 	args, err := h.sshArgs()
 	if err != nil {
 		return nil, err
 	}
+	args = append(slices.Clone(extra), args...)
 	quoted := make([]string, len(argv))
 	for i, a := range argv {
 		quoted[i] = shellQuote(a)

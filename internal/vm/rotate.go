@@ -235,7 +235,7 @@ func (rot *Rotation) rotateOne(ctx context.Context, step *RotationStep, o Rotate
 		// VM's secrets change: new vars it could not receive would only
 		// need rolling back.
 		if _, err := step.remote.Running(ctx); err != nil {
-			return HostUnreachable, err
+			return HostUnreachable, fmt.Errorf("vm %s on %s: %w", step.Name, step.Host, err)
 		}
 	}
 	e := &vars.Engine{Repo: step.repo, User: o.User, Log: o.Log}
