@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -141,6 +142,22 @@ func BenchmarkFleet(b *testing.B) {
 	dest := []string{"netns", "exec", laptop, "ssh", "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=" + filepath.Join(f.dir, "sops/hosts/hv1/known_hosts"),
 		"-o", "HostKeyAlias=credvm-host-hv1", "-o", "ControlMaster=auto", "-o", "ControlPath=" + filepath.Join(runtime, "credvm-ssh", "%C"), "-o", "ControlPersist=60",
 		"-o", "IdentityFile=" + h1.id, "root@" + h1.addr, "true"}
+	// Both hosts at once, as list asks them: the baseline of list over two.
+	both := func() *exec.Cmd {
+		d2 := slices.Clone(dest)
+		for i, a := range d2 {
+			switch {
+			case strings.Contains(a, "hv1"):
+				d2[i] = strings.ReplaceAll(a, "hv1", "hv2")
+			case a == "IdentityFile="+h1.id:
+				d2[i] = "IdentityFile=" + hosts[1].id
+			case a == "root@"+h1.addr:
+				d2[i] = "root@" + hosts[1].addr
+			}
+		}
+		script := "ip " + shellJoin(dest) + " & ip " + shellJoin(d2) + "; wait"
+		return exec.Command("sh", "-c", script)
+	}
 	measure := func(name string, cmd func() *exec.Cmd) time.Duration {
 		var ts []time.Duration
 		for range 5 {
@@ -155,7 +172,18 @@ func BenchmarkFleet(b *testing.B) {
 		base := measure("ssh-true", func() *exec.Cmd { return exec.Command("ip", dest...) })
 		deploy := measure("deploy-unchanged", func() *exec.Cmd { return h1.inLaptop(f, "deploy", "app1") })
 		b.ReportMetric(float64(deploy)/float64(base), "deploy-vs-ssh")
+		base2 := measure("ssh-true-both", both)
 		list2 := measure("list-2x500", func() *exec.Cmd { return h1.inLaptop(f, "list") })
 		b.ReportMetric(float64(list2)/float64(base), "list-2x500-vs-ssh")
+		b.ReportMetric(float64(list2)/float64(base2), "list-2x500-vs-ssh-both")
 	}
+}
+
+// shellJoin quotes args for sh.
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
 }
