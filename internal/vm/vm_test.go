@@ -407,3 +407,43 @@ func TestSSHMissing(t *testing.T) {
 		})
 	}
 }
+
+// placedStub is a Remote for the rotation's summary commands (never
+// called).
+type placedStub struct{ Remote }
+
+// TestRotationSummaryCommands: what the summary tells the operator to run
+// after a rollout stopped, by how it stopped.
+func TestRotationSummaryCommands(t *testing.T) {
+	remote := placedStub{}
+	tests := []struct {
+		name           string
+		outcomes       []Outcome
+		rollback, cont string
+	}{
+		{"unhealthy on a host", []Outcome{Healthy, Unhealthy, Untouched},
+			"credvm vars rollback b g && credvm deploy b", "credvm rotate c"},
+		{"its host dropped before its turn", []Outcome{Healthy, HostUnreachable, Untouched},
+			"", "credvm rotate b c"},
+		{"generation failed", []Outcome{RegenerateFailed, Untouched, Untouched},
+			"", "credvm rotate b c"},
+		{"all healthy", []Outcome{Healthy, Healthy, Healthy}, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rot := &Rotation{}
+			for i, o := range tt.outcomes {
+				rot.Steps = append(rot.Steps, &RotationStep{Name: string(rune('a' + i)), Generators: []string{"g"}, Outcome: o, remote: remote})
+			}
+			if got := rot.RollbackCommand(); got != tt.rollback {
+				t.Errorf("rollback %q, want %q", got, tt.rollback)
+			}
+			if got := rot.ContinueCommand(); got != tt.cont {
+				t.Errorf("continue %q, want %q", got, tt.cont)
+			}
+			if failed := rot.Failed(); (failed == nil) != (tt.rollback == "" && tt.cont == "") {
+				t.Errorf("failed step %v", failed)
+			}
+		})
+	}
+}
