@@ -38,6 +38,10 @@ func TestMain(m *testing.M) {
 func TestScript(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: filepath.Join("testdata", "script"),
+		// Under the test's own temporary directory: testscript removes its
+		// go-test-script* root only when every script ran, and a -run
+		// filter left one behind in /tmp per run.
+		WorkdirRoot: t.TempDir(),
 		Setup: func(env *testscript.Env) error {
 			home := filepath.Join(env.WorkDir, "home")
 			env.Setenv("HOME", home)
