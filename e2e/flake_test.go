@@ -28,28 +28,9 @@ const testFlake = `{
       lib = nixpkgs-lib.lib;
       drv = name: { type = "derivation"; inherit name; outPath = "/usr"; };
       pkgs = { coreutils = drv "coreutils"; openssl = drv "openssl"; stdenv.hostPlatform = { isDarwin = false; system = "x86_64-linux"; }; };
-      stubs = {
-        options = {
-          assertions = lib.mkOption { type = lib.types.listOf lib.types.unspecified; default = [ ]; };
-          warnings = lib.mkOption { type = lib.types.listOf lib.types.str; default = [ ]; };
-          networking.hostName = lib.mkOption { type = lib.types.str; default = "nixos"; };
-          boot.kernelPackages = lib.mkOption { type = lib.types.attrs; default = { kernel = drv "linux"; }; };
-          system.build = lib.mkOption { type = lib.types.lazyAttrsOf lib.types.unspecified; default = { }; };
-          system.stateVersion = lib.mkOption { type = lib.types.str; };
-          systemd.services = lib.mkOption {
-            default = { };
-            type = lib.types.attrsOf (lib.types.submodule {
-              freeformType = lib.types.attrsOf lib.types.unspecified;
-              options.serviceConfig = lib.mkOption { type = lib.types.attrsOf lib.types.unspecified; default = { }; };
-            });
-          };
-          clan.core.vars = lib.mkOption {
-            default = { };
-            type = lib.types.submoduleWith {
-              modules = [ (clan-core + "/nixosModules/clanCore/vars/interface.nix") { inherit pkgs; machineName = "app-vm-01"; } ];
-            };
-          };
-        };
+      stubs = import (credvm + "/nix/tests/stubs.nix") {
+        inherit lib pkgs drv;
+        clanVarsInterface = clan-core + "/nixosModules/clanCore/vars/interface.nix";
       };
     in {
       nixosConfigurations.app-vm-01 = lib.evalModules {

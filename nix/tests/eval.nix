@@ -21,31 +21,9 @@ let
     system = "x86_64-linux";
   };
   inputs.microvm.nixosModules.microvm = fixtures + "/microvm.nix/nixos-modules/microvm/options.nix";
-  stubs = { name, ... }: {
-    options = {
-      assertions = lib.mkOption { type = lib.types.listOf lib.types.unspecified; default = [ ]; };
-      warnings = lib.mkOption { type = lib.types.listOf lib.types.str; default = [ ]; };
-      networking.hostName = lib.mkOption { type = lib.types.str; default = "nixos"; };
-      boot.kernelPackages = lib.mkOption { type = lib.types.attrs; default = { kernel = drv "linux"; }; };
-      system.build = lib.mkOption { type = lib.types.lazyAttrsOf lib.types.unspecified; default = { }; };
-      system.stateVersion = lib.mkOption { type = lib.types.str; default = "24.05"; };
-      systemd.services = lib.mkOption {
-        default = { };
-        type = lib.types.attrsOf (lib.types.submodule {
-          freeformType = lib.types.attrsOf lib.types.unspecified;
-          options.serviceConfig = lib.mkOption { type = lib.types.attrsOf lib.types.unspecified; default = { }; };
-        });
-      };
-      clan.core.vars = lib.mkOption {
-        default = { };
-        type = lib.types.submoduleWith {
-          modules = [
-            (fixtures + "/clan-core/nixosModules/clanCore/vars/interface.nix")
-            { inherit pkgs; machineName = "app-vm-01"; }
-          ];
-        };
-      };
-    };
+  stubs = import ./stubs.nix {
+    inherit lib pkgs drv;
+    clanVarsInterface = fixtures + "/clan-core/nixosModules/clanCore/vars/interface.nix";
   };
   eval = lib.evalModules {
     specialArgs = { inherit pkgs inputs; };
