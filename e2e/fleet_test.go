@@ -281,7 +281,7 @@ files.key = {}
 KEY = { var = "g/key" }
 `)
 	inv, _ = os.ReadFile(filepath.Join(r.dir, "inventory.toml"))
-	os.WriteFile(filepath.Join(r.dir, "inventory.toml"), append(inv, []byte("\n[machines.fleet2]\nhost = \"h2\"\n\n[machines.fleet3]\nhost = \"h1\"\n\n[machines.fleet4]\nhost = \"h2\"\n")...), 0o644)
+	os.WriteFile(filepath.Join(r.dir, "inventory.toml"), append(inv, []byte("\n[machines.fleet2]\nhost = \"h2\"\n\n[machines.fleet3]\nhost = \"h1\"\ntags = [\"web\"]\n\n[machines.fleet4]\nhost = \"h2\"\n")...), 0o644)
 	r.credvm("vars", "generate", "fleet2", "fleet3", "fleet4")
 	t.Cleanup(func() {
 		for _, c := range []struct {
@@ -300,6 +300,13 @@ KEY = { var = "g/key" }
 	}
 	if out, _ = onLaptop("list"); strings.Count(out, "fleet") != 4 || !strings.Contains(out, "host h2:") {
 		t.Errorf("list of four VMs on two hosts:\n%s", out)
+	}
+	// Filtered by this repository's tags, and by host.
+	if out, err = onLaptop("list", "--tag", "web"); err != nil || !strings.Contains(out, "fleet3") || strings.Count(out, "fleet") != 1 {
+		t.Errorf("list --tag web (fleet3 only): %v\n%s", err, out)
+	}
+	if out, err = onLaptop("list", "--host", "h2"); err != nil || !strings.HasPrefix(out, "host h2:\n") || !strings.Contains(out, "fleet2") || !strings.Contains(out, "fleet4") || strings.Count(out, "fleet") != 2 {
+		t.Errorf("list --host h2 (fleet2 and fleet4 only): %v\n%s", err, out)
 	}
 	out, err = onLaptop("rotate", "fleet1", "fleet3", "fleet4", "fleet2")
 	for _, want := range []string{

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/credvm/credvm/internal/console"
 	"github.com/credvm/credvm/internal/fleet"
+	"github.com/credvm/credvm/internal/indent"
 	"github.com/credvm/credvm/internal/vm"
 )
 
@@ -166,51 +169,67 @@ stays fast with hundreds of VMs.`,
 func (g *globals) list(tags, only []string, asJSON bool) error {
 	// The hosts are asked while this one's VMs are inspected.
 	hostsc := make(chan []fleet.Listing, 1)
-	go func() { hostsc <- g.listHosts(only, asJSON) }()
+	go func() { hostsc <- g.listHosts(fleet.ListOptions{Hosts: only, Tags: tags}) }()
 	var rows []vm.Listed
+	var localErr error
 	if len(only) == 0 {
-		names, err := vm.Select(g.stateRoot(), nil, tags, true)
-		if err != nil {
-			return err
+		var names []string
+		if names, localErr = vm.Select(g.stateRoot(), nil, tags, true); localErr == nil {
+			rows = vm.ListStatuses(g.stateRoot(), names)
 		}
-		rows = vm.ListStatuses(g.stateRoot(), names)
 	}
 	hosts := <-hostsc
+	if localErr != nil {
+		// A tag none of this host's VMs carries may be on the hosts'.
+		if len(tags) == 0 || !slices.ContainsFunc(hosts, func(h fleet.Listing) bool { return len(h.Statuses) > 0 }) {
+			return localErr
+		}
+	}
 	if len(only) > 0 && len(hosts) == 1 && hosts[0].Err != nil && !asJSON {
 		return hosts[0].Err
 	}
 	if asJSON {
 		return g.printListJSON(rows, hosts)
 	}
-	if len(only) == 0 {
-		if err := g.printList(rows); err != nil {
+	if len(only) == 0 && localErr == nil {
+		if err := g.printTable(g.stdout, rows, fmt.Sprintf("no VMs in %s (credvm create NAME)", g.stateRoot())); err != nil {
 			return err
 		}
 	}
-	for _, h := range hosts {
+	for i, h := range hosts {
+		if i > 0 || len(only) == 0 && localErr == nil {
+			fmt.Fprintln(g.stdout)
+		}
 		if h.Err != nil {
-			fmt.Fprintf(g.stdout, "\nhost %s: unreachable (%s)\n", h.Host, vm.FirstLine(h.Err))
+			fmt.Fprintf(g.stdout, "host %s: unreachable (%s)\n", h.Host, vm.FirstLine(h.Err))
 			continue
 		}
-		fmt.Fprintf(g.stdout, "\nhost %s:\n", h.Host)
-		for _, l := range strings.Split(strings.TrimRight(string(h.Text), "\n"), "\n") {
-			fmt.Fprintf(g.stdout, "  %s\n", l)
+		fmt.Fprintf(g.stdout, "host %s:\n", h.Host)
+		if h.Warning != "" {
+			fmt.Fprintf(g.stdout, "  warning: %s\n", h.Warning)
+		}
+		rows := make([]vm.Listed, len(h.Statuses))
+		for i, st := range h.Statuses {
+			rows[i] = vm.Listed{Name: st.Name, Status: st}
+		}
+		if err := g.printTable(indent.Writer(g.stdout, "  "), rows, "no VMs"); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// listHosts asks every host of the inventory for its list, in parallel
-// (none when there is no repository or no host).
-func (g *globals) listHosts(only []string, asJSON bool) []fleet.Listing {
+// listHosts asks the inventory's hosts for their lists, in parallel (none
+// when there is no repository or no host).
+func (g *globals) listHosts(o fleet.ListOptions) []fleet.Listing {
 	r, err := g.openRepo()
 	if err != nil {
-		if len(only) > 0 {
-			return []fleet.Listing{{Host: only[0], Err: err}}
+		if len(o.Hosts) > 0 {
+			return []fleet.Listing{{Host: o.Hosts[0], Err: err}}
 		}
 		return nil
 	}
-	return fleet.List(context.Background(), r, only, asJSON)
+	return fleet.List(context.Background(), r, o)
 }
 
 func (g *globals) printListJSON(rows []vm.Listed, hosts []fleet.Listing) error {
@@ -229,7 +248,6 @@ func (g *globals) printListJSON(rows []vm.Listed, hosts []fleet.Listing) error {
 			continue
 		}
 		for _, st := range h.Statuses {
-			st["host"] = h.Host
 			out = append(out, st)
 		}
 	}
@@ -239,12 +257,13 @@ func (g *globals) printListJSON(rows []vm.Listed, hosts []fleet.Listing) error {
 	return errors.Join(errs...)
 }
 
-func (g *globals) printList(rows []vm.Listed) error {
+// printTable prints rows of a list to w, or empty when there are none.
+func (g *globals) printTable(w io.Writer, rows []vm.Listed, empty string) error {
 	if len(rows) == 0 {
-		fmt.Fprintf(g.stdout, "no VMs in %s (credvm create NAME)\n", g.stateRoot())
+		fmt.Fprintln(w, empty)
 		return nil
 	}
-	tw := table(g.stdout)
+	tw := table(w)
 	color := colors(g.stdout)
 	fmt.Fprintln(tw, "NAME\tRUNNING\tSTATUS\tFIX")
 	for _, r := range rows {

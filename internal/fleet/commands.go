@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/vm"
 )
 
 // credvm runs the host's credvm with its repository and state directory.
@@ -25,19 +26,38 @@ func (h *Host) credvmArgv(args []string) []string {
 
 // Listing is one host's answer to list.
 type Listing struct {
-	Host     string
-	Text     []byte           // its list, as it prints it
-	Statuses []map[string]any // with JSON: its statuses
-	Err      error            // unreachable: why
+	Host string
+	// Statuses are its VMs' (each with Host set), as its credvm lists
+	// them, only those with one of the tags when tags were asked for.
+	Statuses []*vm.Status
+	// Err: unreachable, or an answer that is not a list; Warning: the
+	// host listed its VMs but some could not be read.
+	Err     error
+	Warning string
 }
 
-// List asks every host of the inventory (or only those named) for its
-// VMs, in parallel; an unreachable host is an Err of its own, never the
-// others' failure, and so is a name the inventory does not know.
-func List(ctx context.Context, r *repo.Repo, only []string, asJSON bool) []Listing {
+// ListOptions narrow List.
+type ListOptions struct {
+	// Hosts are the hosts to ask (none: every host of the inventory).
+	Hosts []string
+	// Tags keep the VMs whose machine carries one of them in this
+	// repository's inventory (the hosts' repositories have none).
+	Tags []string
+}
+
+// List asks hosts for their VMs, in parallel, one session each; an
+// unreachable host is an Err of its own, never the others' failure, and
+// so is a name the inventory does not know.
+func List(ctx context.Context, r *repo.Repo, o ListOptions) []Listing {
 	names := slices.Sorted(maps.Keys(r.Inventory.Hosts))
-	if len(only) > 0 {
-		names = slices.Clone(only)
+	if len(o.Hosts) > 0 {
+		names = slices.Clone(o.Hosts)
+	}
+	tagged := map[string]bool{}
+	for _, t := range o.Tags {
+		for _, m := range r.Inventory.Tagged(t) {
+			tagged[m] = true
+		}
 	}
 	out := make([]Listing, len(names))
 	var wg sync.WaitGroup
@@ -45,31 +65,40 @@ func List(ctx context.Context, r *repo.Repo, only []string, asJSON bool) []Listi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i].Host = n
-			h, err := HostOf(r, n)
-			if err != nil {
-				out[i].Err = err
-				return
-			}
-			args := []string{"list"}
-			if asJSON {
-				args = append(args, "--json")
-			}
-			b, err := h.credvm(ctx, nil, args...)
-			if err != nil {
-				out[i].Err = err
-				return
-			}
-			out[i].Text = b
-			if asJSON {
-				if err := json.Unmarshal(b, &out[i].Statuses); err != nil {
-					out[i].Err = fmt.Errorf("host %s: its list is not JSON: %w", n, err)
-				}
+			out[i] = listHost(ctx, r, n)
+			if len(o.Tags) > 0 {
+				out[i].Statuses = slices.DeleteFunc(out[i].Statuses, func(st *vm.Status) bool { return !tagged[st.Name] })
 			}
 		}()
 	}
 	wg.Wait()
 	return out
+}
+
+func listHost(ctx context.Context, r *repo.Repo, name string) Listing {
+	l := Listing{Host: name, Statuses: []*vm.Status{}}
+	h, err := HostOf(r, name)
+	if err != nil {
+		l.Err = err
+		return l
+	}
+	b, err := h.credvm(ctx, nil, "list", "--json")
+	if jerr := json.Unmarshal(b, &l.Statuses); jerr != nil {
+		l.Statuses = []*vm.Status{}
+		if err == nil {
+			err = fmt.Errorf("host %s: its list is not JSON: %w", name, jerr)
+		}
+		l.Err = err
+		return l
+	}
+	if err != nil {
+		// Listed, but with errors (a VM whose records cannot be read).
+		l.Warning = vm.FirstLine(err)
+	}
+	for _, st := range l.Statuses {
+		st.Host = name
+	}
+	return l
 }
 
 // ConsoleOn attaches this terminal to the console of a VM on the host,

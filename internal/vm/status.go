@@ -35,7 +35,10 @@ const (
 
 // Status is one VM's state. It never holds a secret.
 type Status struct {
-	Name    string `json:"name"`
+	Name string `json:"name"`
+	// Host is the host of the inventory the VM runs on, in a list across
+	// hosts ("": this one).
+	Host    string `json:"host,omitempty"`
 	Repo    string `json:"repository"`
 	Running bool   `json:"running"`
 	// SupervisorPID is the credvm process running the VM; HypervisorPID
