@@ -188,6 +188,22 @@ KEY = { var = "g/key" }
 	if err != nil || !strings.Contains(out, "fleet1 on h1: created and started") {
 		t.Fatalf("deploy: %v\n%s", err, out)
 	}
+	// Enabled at boot on the host, by the real systemctl on the host's
+	// files (--root: systemd is not PID 1 here), its unit running the
+	// host's credvm.
+	if !strings.Contains(out, "; credvm@fleet1.service enabled at boot") {
+		t.Errorf("deploy did not say it enabled the VM's unit:\n%s", out)
+	}
+	wants := func(h *testHost, vm string) bool {
+		_, err := os.Lstat(filepath.Join(h.root, "etc/systemd/system/multi-user.target.wants", "credvm@"+vm+".service"))
+		return err == nil
+	}
+	if !wants(h1, "fleet1") {
+		t.Errorf("credvm@fleet1.service is not enabled on h1")
+	}
+	if unit, _ := os.ReadFile(filepath.Join(h1.root, "etc/systemd/system/credvm@.service")); !strings.Contains(string(unit), "ExecStart="+h1.root+"/var/lib/credvm/bin/credvm run --systemd") {
+		t.Errorf("the host's unit does not run its credvm:\n%s", unit)
+	}
 	console := filepath.Join(h1.root, "var/lib/microvms/fleet1/console.log")
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -232,7 +248,7 @@ KEY = { var = "g/key" }
 	}
 
 	// A second deploy of the unchanged VM: nothing copied, nothing restarted.
-	if out, err = onLaptop("deploy", "fleet1"); err != nil || !strings.Contains(out, "fleet1 on h1: ") || strings.Contains(out, "created") {
+	if out, err = onLaptop("deploy", "fleet1"); err != nil || !strings.Contains(out, "fleet1 on h1: configuration unchanged") || strings.Contains(out, "created") || strings.Contains(out, "enabled at boot") {
 		t.Errorf("deploy again: %v\n%s", err, out)
 	}
 
@@ -351,6 +367,9 @@ KEY = { var = "g/key" }
 	if inv, _ := os.ReadFile(filepath.Join(r.dir, "inventory.toml")); !strings.Contains(string(inv), "[machines.fleet1]\nhost = \"h2\"") {
 		t.Errorf("the placement was not recorded:\n%s", inv)
 	}
+	if wants(h1, "fleet1") || !wants(h2, "fleet1") {
+		t.Errorf("after the move, fleet1's unit should be enabled on h2 only (h1 %v, h2 %v)", wants(h1, "fleet1"), wants(h2, "fleet1"))
+	}
 	console = filepath.Join(h2.root, "var/lib/microvms/fleet1/console.log")
 
 	if out, err = onLaptop("stop", "fleet1"); err != nil {
@@ -367,8 +386,8 @@ KEY = { var = "g/key" }
 	if err == nil || !strings.Contains(out, "vm fleet2 on h1: its guest reports credentials cut: BIG; it runs on h2 again") {
 		t.Errorf("a failing move: %v\n%s", err, out)
 	}
-	if _, err := os.Stat(filepath.Join(h1.root, "var/lib/microvms/fleet2/vm.json")); err == nil {
-		t.Errorf("the failed move left fleet2 registered on h1")
+	if _, err := os.Stat(filepath.Join(h1.root, "var/lib/microvms/fleet2/vm.json")); err == nil || wants(h1, "fleet2") {
+		t.Errorf("the failed move left fleet2 registered or enabled on h1")
 	}
 	if out, _ = onLaptop("status", "fleet2"); !strings.Contains(out, "running") {
 		t.Errorf("fleet2 after the failed move:\n%s", out)

@@ -64,7 +64,7 @@ refused until confirmed again.`,
 	add.Flags().StringVar(&o.Root, "root", "", "a prefix for the host's paths (tests run hosts side by side)")
 	add.Flags().BoolVar(&asJSON, "json", false, "print what was pinned as JSON")
 
-	var hostKey string
+	var hostKey, systemdRoot string
 	receive := &cobra.Command{
 		Use:    "receive --host-key FILE",
 		Short:  "On a host: take a deploy's shipment (standard input) and create, start or update its VMs",
@@ -77,7 +77,8 @@ refused until confirmed again.`,
 			self, _ := os.Executable()
 			res, err := fleet.Receive(g.stdin, fleet.ReceiveOptions{
 				Repo: g.repoPath, StateRoot: g.stateRoot(), HostKey: hostKey,
-				Start: vm.StartOptions{ShutdownTimeout: vm.DefaultShutdownTimeout, Self: self, Wait: vm.DefaultStartWait},
+				Start:   vm.StartOptions{ShutdownTimeout: vm.DefaultShutdownTimeout, Self: self, Wait: vm.DefaultStartWait},
+				Systemd: vm.Systemd{Root: systemdRoot},
 			})
 			if err != nil {
 				return err
@@ -86,6 +87,7 @@ refused until confirmed again.`,
 		},
 	}
 	receive.Flags().StringVar(&hostKey, "host-key", vm.DefaultHostKey, "the host key the sealed machine keys open with")
+	receive.Flags().StringVar(&systemdRoot, "systemd-root", "", "the system root whose systemd runs the VMs (a host's root prefix)")
 	var listJSON bool
 	list := &cobra.Command{
 		Use:   "list",
@@ -164,11 +166,11 @@ wire. With no name, tag or host: every placed VM.`,
 					case d.Err != "":
 						fmt.Fprintf(g.stdout, "%s on %s: FAILED: %s\n", d.Machine, d.Host, d.Err)
 					case d.Created && d.Started != nil:
-						fmt.Fprintf(g.stdout, "%s on %s: created and started (%s pid %d)\n", d.Machine, d.Host, d.Started.Hypervisor, d.Started.HypervisorPID)
+						fmt.Fprintf(g.stdout, "%s on %s: created and started (%s pid %d)%s\n", d.Machine, d.Host, d.Started.Hypervisor, d.Started.HypervisorPID, enabledSuffix(d))
 					case d.Created:
-						fmt.Fprintf(g.stdout, "%s on %s: created\n", d.Machine, d.Host)
+						fmt.Fprintf(g.stdout, "%s on %s: created%s\n", d.Machine, d.Host, enabledSuffix(d))
 					default:
-						fmt.Fprintf(g.stdout, "%s on %s: %s\n", d.Machine, d.Host, updateSummary(d.Update))
+						fmt.Fprintf(g.stdout, "%s on %s: %s%s\n", d.Machine, d.Host, updateSummary(d.Update), enabledSuffix(d))
 					}
 				}
 			}
@@ -305,4 +307,12 @@ func updateSummary(u *vm.UpdateResult) string {
 		line += "; running older vars or configuration"
 	}
 	return line
+}
+
+// enabledSuffix says that a deploy enabled the VM's unit at boot.
+func enabledSuffix(d fleet.Deployed) string {
+	if d.Enabled == "" {
+		return ""
+	}
+	return "; " + d.Enabled + " enabled at boot"
 }

@@ -43,7 +43,9 @@ type Deployed struct {
 	// did (its diff, and its restart when it ran something older).
 	Started *vm.Started      `json:"started,omitempty"`
 	Update  *vm.UpdateResult `json:"update,omitempty"`
-	Err     string           `json:"error,omitempty"`
+	// Enabled names the systemd unit the deploy enabled at boot.
+	Enabled string `json:"enabled,omitempty"`
+	Err     string `json:"error,omitempty"`
 }
 
 // Deploy sends each named VM to its host — credvm itself if the host's
@@ -121,7 +123,7 @@ func deployHost(ctx context.Context, r *repo.Repo, user *sops.Identities, hn str
 	var out []Deployed
 	for _, m := range machines {
 		rc, ok := byName[m]
-		d := Deployed{Machine: m, Host: hn, Binary: binary, Created: rc.Created, Started: rc.Started, Update: rc.Update, Err: rc.Err}
+		d := Deployed{Machine: m, Host: hn, Binary: binary, Created: rc.Created, Started: rc.Started, Update: rc.Update, Enabled: rc.Enabled, Err: rc.Err}
 		if !ok {
 			d.Err = "the host's credvm did not say what it did with it"
 		}
@@ -177,7 +179,11 @@ func (h *Host) receive(ctx context.Context, payload []byte, logf func(string, ..
 		return nil, "", err
 	}
 	bin := h.Path(HostBinary)
-	argv := h.credvmArgv([]string{"host", "receive", "--host-key", h.Path(HostKey)})
+	args := []string{"host", "receive", "--host-key", h.Path(HostKey)}
+	if h.Root != "" {
+		args = append(args, "--systemd-root", h.Root)
+	}
+	argv := h.credvmArgv(args)
 	quoted := make([]string, len(argv))
 	for i, a := range argv {
 		quoted[i] = shellQuote(a)

@@ -46,7 +46,9 @@ type Received struct {
 	Created bool             `json:"created"`
 	Started *vm.Started      `json:"started,omitempty"`
 	Update  *vm.UpdateResult `json:"update,omitempty"`
-	Err     string           `json:"error,omitempty"`
+	// Enabled names the systemd unit this deploy enabled at boot.
+	Enabled string `json:"enabled,omitempty"`
+	Err     string `json:"error,omitempty"`
 }
 
 // ReceiveOptions are where a host keeps what it receives.
@@ -56,6 +58,11 @@ type ReceiveOptions struct {
 	HostKey string
 	// Start starts and restarts VMs (the StartOptions' State is set per VM).
 	Start vm.StartOptions
+	// Systemd is the host's systemd: each VM's credvm@NAME.service is
+	// enabled there so that it starts at boot — and, when systemd runs the
+	// host, started and restarted through it. Without systemctl, VMs run
+	// under credvm's supervisor only.
+	Systemd vm.Systemd
 }
 
 // Receive is the host side of a deploy: the shipment's archive restored
@@ -91,10 +98,18 @@ func Receive(in io.Reader, o ReceiveOptions) ([]Received, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("restoring the shipment's archive: %w", err)
 	}
+	units := o.Systemd.Available()
+	if units {
+		if _, err := vm.InstallUnit(o.Systemd.UnitDir(), vm.UnitOptions{
+			Binary: o.Start.Self, StateRoot: o.StateRoot, ShutdownTimeout: o.Start.ShutdownTimeout, NoReload: !o.Systemd.Booted(),
+		}); err != nil {
+			return nil, fmt.Errorf("installing credvm@.service: %w", err)
+		}
+	}
 	out := make([]Received, 0, len(sh.Machines))
 	for _, m := range sh.Machines {
 		rc := Received{Machine: m}
-		if err := receiveMachine(r, m, sh.Sealed[m], sh.Start, o, &rc); err != nil {
+		if err := receiveMachine(r, m, sh.Sealed[m], sh.Start, units, o, &rc); err != nil {
 			rc.Err = err.Error()
 		}
 		out = append(out, rc)
@@ -116,7 +131,7 @@ func openHostRepo(dir string) (*repo.Repo, error) {
 	return repo.Open(dir)
 }
 
-func receiveMachine(r *repo.Repo, name string, sealed []byte, start bool, o ReceiveOptions, rc *Received) error {
+func receiveMachine(r *repo.Repo, name string, sealed []byte, start, units bool, o ReceiveOptions, rc *Received) error {
 	s := vm.StateDir{Root: o.StateRoot, Name: name}
 	if !s.Exists() {
 		m, err := r.Machine(name)
@@ -133,17 +148,58 @@ func receiveMachine(r *repo.Repo, name string, sealed []byte, start bool, o Rece
 			return err
 		}
 	}
+	sd := o.Systemd
+	byUnit := units && sd.Booted()
 	so := o.Start
 	so.State = s
-	if rc.Created {
-		if !start {
-			return nil
+	switch {
+	case rc.Created && !start:
+		// A move starts it later, itself.
+	case rc.Created && byUnit:
+		if err := sd.Run("start", name); err != nil {
+			return err
 		}
+		rc.Started = startedFrom(s)
+	case rc.Created:
 		st, err := vm.Start(so)
 		rc.Started = st
-		return err
+		if err != nil {
+			return err
+		}
+	default:
+		uo := vm.UpdateOptions{Restart: &so}
+		if byUnit && sd.Run("is-active", name) == nil {
+			uo.Restart = nil // systemd's to restart, below
+		}
+		res, err := vm.Update(s, uo)
+		rc.Update = res
+		if err != nil {
+			return err
+		}
+		if uo.Restart == nil && res.Stale {
+			if err := sd.Run("restart", name); err != nil {
+				return err
+			}
+			res.Restarted = startedFrom(s)
+		}
 	}
-	res, err := vm.Update(s, vm.UpdateOptions{Restart: &so})
-	rc.Update = res
-	return err
+	if units && !sd.Enabled(name) {
+		if err := sd.Run("enable", name); err != nil {
+			return err
+		}
+		rc.Enabled = vm.UnitName(name)
+	}
+	return nil
+}
+
+// startedFrom says what runs, from the VM's run record, after systemd
+// started it (systemctl returns once the unit is ready: the record is
+// written).
+func startedFrom(s vm.StateDir) *vm.Started {
+	st := &vm.Started{Name: s.Name}
+	_, st.Supervisor = s.Running()
+	if rec, err := s.RunRecord(); err == nil && rec != nil {
+		st.Hypervisor, st.HypervisorPID = rec.Hypervisor, rec.HypervisorPID
+	}
+	return st
 }

@@ -77,6 +77,9 @@ type UnitOptions struct {
 	StateRoot string
 	// ShutdownTimeout is how long a guest gets to power off on stop.
 	ShutdownTimeout time.Duration
+	// NoReload: never `systemctl daemon-reload` (the unit is written for
+	// another root than the running system's).
+	NoReload bool
 }
 
 // Unit renders credvm@.service.
@@ -117,6 +120,9 @@ func InstallUnit(dir string, o UnitOptions) (*InstalledUnit, error) {
 		return nil, err
 	}
 	res := &InstalledUnit{Path: p}
+	if o.NoReload {
+		return res, nil
+	}
 	if _, err := os.Stat("/run/systemd/system"); err == nil {
 		if out, err := exec.Command("systemctl", "daemon-reload").CombinedOutput(); err != nil {
 			return res, fmt.Errorf("systemctl daemon-reload: %v: %s", err, out)
@@ -124,4 +130,64 @@ func InstallUnit(dir string, o UnitOptions) (*InstalledUnit, error) {
 		res.Reloaded = true
 	}
 	return res, nil
+}
+
+// UnitName is the systemd unit VM name runs as.
+func UnitName(name string) string { return "credvm@" + name + ".service" }
+
+// Systemd is systemd's view of a system root: Root "" is this system;
+// another is a system tree systemctl edits offline (--root), as a host's
+// root prefix in tests is.
+type Systemd struct{ Root string }
+
+// UnitDir is where credvm@.service goes.
+func (sd Systemd) UnitDir() string { return filepath.Join(sd.root(), "etc/systemd/system") }
+
+func (sd Systemd) root() string {
+	if sd.Root == "" {
+		return "/"
+	}
+	return sd.Root
+}
+
+// Booted reports whether systemd runs this system (sd_booted): then
+// units are started and restarted through it, not only enabled.
+func (sd Systemd) Booted() bool {
+	if sd.Root != "" && sd.Root != "/" {
+		return false
+	}
+	fi, err := os.Stat("/run/systemd/system")
+	return err == nil && fi.IsDir()
+}
+
+// Available reports whether systemctl is installed here.
+func (sd Systemd) Available() bool {
+	_, err := exec.LookPath("systemctl")
+	return err == nil
+}
+
+// Args is systemctl's command line for verb on units: against the running
+// systemd when it runs this system, else offline on the root's files.
+func (sd Systemd) Args(verb string, units ...string) []string {
+	args := []string{"systemctl"}
+	if !sd.Booted() {
+		args = append(args, "--root="+sd.root())
+	}
+	return append(append(args, verb, "--quiet"), units...)
+}
+
+// Enabled reports whether the VM's unit is enabled at boot (its
+// multi-user.target.wants link exists: no systemctl call per VM).
+func (sd Systemd) Enabled(name string) bool {
+	_, err := os.Lstat(filepath.Join(sd.UnitDir(), "multi-user.target.wants", UnitName(name)))
+	return err == nil
+}
+
+// Run runs systemctl verb on the VM's unit.
+func (sd Systemd) Run(verb, name string) error {
+	args := sd.Args(verb, UnitName(name))
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }

@@ -447,3 +447,31 @@ func TestRotationSummaryCommands(t *testing.T) {
 		})
 	}
 }
+
+// TestSystemdOffline: a VM's unit enabled and disabled at boot on a
+// system tree by the real systemctl (--root: no running systemd needed),
+// the way deploy does on a host.
+func TestSystemdOffline(t *testing.T) {
+	sd := Systemd{Root: t.TempDir()}
+	if !sd.Available() {
+		t.Skip("systemctl not installed")
+	}
+	if sd.Booted() {
+		t.Fatal("a system tree other than / is never the booted one")
+	}
+	if got, want := strings.Join(sd.Args("enable", UnitName("app-vm-01")), " "), "systemctl --root="+sd.Root+" enable --quiet credvm@app-vm-01.service"; got != want {
+		t.Errorf("args %q, want %q", got, want)
+	}
+	if _, err := InstallUnit(sd.UnitDir(), UnitOptions{Binary: "/usr/bin/credvm", StateRoot: "/var/lib/microvms", ShutdownTimeout: time.Second, NoReload: true}); err != nil {
+		t.Fatal(err)
+	}
+	if sd.Enabled("app-vm-01") {
+		t.Fatal("enabled before enable")
+	}
+	if err := sd.Run("enable", "app-vm-01"); err != nil || !sd.Enabled("app-vm-01") {
+		t.Fatalf("enable: %v, enabled %v", err, sd.Enabled("app-vm-01"))
+	}
+	if err := sd.Run("disable", "app-vm-01"); err != nil || sd.Enabled("app-vm-01") {
+		t.Fatalf("disable: %v, enabled %v", err, sd.Enabled("app-vm-01"))
+	}
+}
