@@ -136,9 +136,12 @@ machine files, their encrypted vars and the users' public keys as a backup
 archive the host's credvm checks and restores into /var/lib/credvm/repo,
 and each machine key sealed to the host's ssh-ed25519 key; the host then
 creates and starts each new VM, and updates the others (restarting a VM
-that runs older vars or configuration). This credvm is copied to the host
-first when the host's is missing or differs. Nothing plaintext crosses the
-wire. With no name, tag or host: every placed VM.`,
+that runs older vars or configuration). Where the host has systemctl, each
+VM's credvm@NAME.service is enabled so that it starts at boot (and, when
+systemd runs the host, new VMs start and stale ones restart through it).
+This credvm is copied to the host first when the host's is missing or
+differs. Nothing plaintext crosses the wire. With no name, tag or host:
+every placed VM.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(_ *cobra.Command, args []string) error {
 			r, err := g.openRepo()
