@@ -167,13 +167,13 @@ every placed VM.`,
 				for _, d := range res {
 					switch {
 					case d.Err != "":
-						fmt.Fprintf(g.stdout, "%s on %s: FAILED: %s\n", d.Machine, d.Host, d.Err)
+						fmt.Fprintf(g.stdout, "%s on %s: FAILED: %s\n", d.Machine, d.Host, printable(d.Err))
 					case d.Created && d.Started != nil:
-						fmt.Fprintf(g.stdout, "%s on %s: created and started (%s pid %d)%s\n", d.Machine, d.Host, d.Started.Hypervisor, d.Started.HypervisorPID, enabledSuffix(d))
+						fmt.Fprintf(g.stdout, "%s on %s: created and started (%s pid %d)%s\n", d.Machine, d.Host, printable(d.Started.Hypervisor), d.Started.HypervisorPID, printable(enabledSuffix(d)))
 					case d.Created:
-						fmt.Fprintf(g.stdout, "%s on %s: created%s\n", d.Machine, d.Host, enabledSuffix(d))
+						fmt.Fprintf(g.stdout, "%s on %s: created%s\n", d.Machine, d.Host, printable(enabledSuffix(d)))
 					default:
-						fmt.Fprintf(g.stdout, "%s on %s: %s%s\n", d.Machine, d.Host, updateSummary(d.Update), enabledSuffix(d))
+						fmt.Fprintf(g.stdout, "%s on %s: %s%s\n", d.Machine, d.Host, printable(updateSummary(d.Update)), printable(enabledSuffix(d)))
 					}
 				}
 			}

@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -298,3 +299,32 @@ func (g *globals) newEngineCmd(use, short string, nargs int, run func(e *vars.En
 		},
 	}
 }
+
+// printable makes text another machine sent — a host's list, its
+// errors, what its update said — safe to print on this terminal: control
+// characters (escape sequences that could rewrite the screen or the
+// terminal's title, carriage returns that could hide a line) are shown
+// as \xNN instead of acted on.
+func printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if isControl(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if isControl(r) {
+			fmt.Fprintf(&b, "\\x%02x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 }

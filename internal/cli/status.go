@@ -201,12 +201,12 @@ func (g *globals) list(tags, only []string, asJSON bool) error {
 			fmt.Fprintln(g.stdout)
 		}
 		if h.Err != nil {
-			fmt.Fprintf(g.stdout, "host %s: unreachable (%s)\n", h.Host, vm.FirstLine(h.Err))
+			fmt.Fprintf(g.stdout, "host %s: unreachable (%s)\n", h.Host, printable(vm.FirstLine(h.Err)))
 			continue
 		}
 		fmt.Fprintf(g.stdout, "host %s:\n", h.Host)
 		if h.Warning != "" {
-			fmt.Fprintf(g.stdout, "  warning: %s\n", h.Warning)
+			fmt.Fprintf(g.stdout, "  warning: %s\n", printable(h.Warning))
 		}
 		rows := make([]vm.Listed, len(h.Statuses))
 		for i, st := range h.Statuses {
@@ -268,7 +268,7 @@ func (g *globals) printTable(w io.Writer, rows []vm.Listed, empty string) error 
 	fmt.Fprintln(tw, "NAME\tRUNNING\tSTATUS\tFIX")
 	for _, r := range rows {
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s\t?\terror\t%s\n", r.Name, vm.FirstLine(r.Err))
+			fmt.Fprintf(tw, "%s\t?\terror\t%s\n", printable(r.Name), printable(vm.FirstLine(r.Err)))
 			continue
 		}
 		running := "no"
@@ -278,7 +278,8 @@ func (g *globals) printTable(w io.Writer, rows []vm.Listed, empty string) error 
 				running += ", " + strings.TrimSuffix(d, " (no receipt from the guest yet)")
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, running, colorize(color, r.Status.Status), r.Status.Fix)
+		// A host's rows are its credvm's word: printed, never obeyed.
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", printable(r.Name), printable(running), colorize(color, printable(r.Status.Status)), printable(r.Status.Fix))
 	}
 	return tw.Flush()
 }
