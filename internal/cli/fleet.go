@@ -209,8 +209,14 @@ func (g *globals) remoteIn(r *repo.Repo, name string, args ...string) (ok bool, 
 	if len(args) > 0 && args[0] == "console" {
 		return true, h.ConsoleOn(context.Background(), g.stdinFile(), g.stdout, g.stderr, name)
 	}
-	// Streamed, not collected: logs -f follows the host's console.
-	return true, h.LifecycleStream(context.Background(), g.stdout, append(args, name)...)
+	// Streamed, not collected: logs -f follows the host's console, raw
+	// as a console is; the other commands' answers are the host's word,
+	// printed with their control characters escaped.
+	out := g.stdout
+	if len(args) == 0 || args[0] != "logs" {
+		out = &escaping{w: g.stdout}
+	}
+	return true, h.LifecycleStream(context.Background(), out, append(args, name)...)
 }
 
 // forwardedFlags are the flags a command was given that its host's

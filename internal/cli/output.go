@@ -328,3 +328,40 @@ func printable(s string) string {
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 }
+
+// escaping is printable for a stream: lines and tabs pass, every other
+// control character — C1 ones too, as UTF-8 (0xc2 0x80–0x9f), even split
+// across writes — is written as \xNN.
+type escaping struct {
+	w   io.Writer
+	c2  bool // the last write ended in 0xc2
+	buf []byte
+}
+
+func (e *escaping) Write(p []byte) (int, error) {
+	e.buf = e.buf[:0]
+	for _, c := range p {
+		if e.c2 {
+			e.c2 = false
+			if c >= 0x80 && c < 0xa0 {
+				e.buf = fmt.Appendf(e.buf, "\\x%02x", c)
+				continue
+			}
+			e.buf = append(e.buf, 0xc2)
+		}
+		switch {
+		case c == 0xc2:
+			e.c2 = true
+		case c == '\n' || c == '\t':
+			e.buf = append(e.buf, c)
+		case c < 0x20 || c == 0x7f:
+			e.buf = fmt.Appendf(e.buf, "\\x%02x", c)
+		default:
+			e.buf = append(e.buf, c)
+		}
+	}
+	if _, err := e.w.Write(e.buf); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -1,6 +1,9 @@
 package cli
 
-import "testing"
+import (
+	"bytes"
+	"testing"
+)
 
 // TestPrintable: what a host sends is shown, never obeyed by this
 // terminal.
@@ -18,5 +21,20 @@ func TestPrintable(t *testing.T) {
 		if got := printable(tt.in); got != tt.want {
 			t.Errorf("printable(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestEscaping: a host's streamed answer, written in pieces that split
+// an escape sequence and a C1 control's UTF-8 bytes.
+func TestEscaping(t *testing.T) {
+	var b bytes.Buffer
+	e := &escaping{w: &b}
+	for _, part := range []string{"vm1: stopped\n\x1b[2", "J\tdone é \xc2", "\x9b31m end\r\n"} {
+		if n, err := e.Write([]byte(part)); err != nil || n != len(part) {
+			t.Fatalf("write %q: %d, %v", part, n, err)
+		}
+	}
+	if got, want := b.String(), "vm1: stopped\n\\x1b[2J\tdone é \\x9b31m end\\x0d\n"; got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }

@@ -64,14 +64,17 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
+	// Errors quote what others wrote — a host's stderr, a file's name in
+	// the repository —: their control characters are shown, not obeyed.
+	errOut := &escaping{w: stderr}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.msg != "" {
-			fmt.Fprintf(stderr, "credvm: %s\n", ee.msg)
+			fmt.Fprintf(errOut, "credvm: %s\n", ee.msg)
 		}
 		return ee.code
 	}
-	fmt.Fprintf(stderr, "credvm: %s\n", err)
+	fmt.Fprintf(errOut, "credvm: %s\n", err)
 	return 1
 }
 

@@ -114,7 +114,7 @@ func (g *globals) rotate(o vm.RotateOptions, dryRun bool) error {
 	fmt.Fprintf(g.stdout, "\nrotation summary:\n")
 	for _, s := range rot.Steps {
 		if s.Err != nil {
-			fmt.Fprintf(g.stdout, "  %s: %s: %v\n", s.Name, s.Outcome, s.Err)
+			fmt.Fprintf(g.stdout, "  %s: %s: %s\n", s.Name, s.Outcome, printable(s.Err.Error()))
 		} else {
 			fmt.Fprintf(g.stdout, "  %s: %s\n", s.Name, s.Outcome)
 		}
