@@ -209,6 +209,9 @@ func (g *globals) destroy(s vm.StateDir, purge, yes bool, timeout time.Duration,
 	if res.Removed {
 		fmt.Fprintf(g.stdout, "%s: destroyed (state %s removed)\n", res.Name, res.StatePath)
 	}
+	if res.Disabled != "" {
+		fmt.Fprintf(g.stdout, "%s: disabled %s (it would have failed at every boot)\n", res.Name, res.Disabled)
+	}
 	switch {
 	case len(res.Purged) > 0:
 		fmt.Fprintf(g.stdout, "%s: removed its vars, their history and its machine key (%s); its machine file stays (credvm vars generate %s makes new secrets)\n", res.Name, strings.Join(res.Purged, ", "), res.Name)

@@ -148,6 +148,10 @@ type DestroyOptions struct {
 	// ConfirmPurge accepts that: without it Destroy changes nothing and
 	// returns a *repo.ConfirmationError listing what would go.
 	ConfirmPurge bool
+	// Systemd is where the VM's credvm@NAME.service may be enabled (the
+	// zero value: this system); an enabled unit is disabled, else systemd
+	// would try to start a VM that is gone at every boot.
+	Systemd Systemd
 }
 
 // DestroyResult says what Destroy did.
@@ -160,6 +164,8 @@ type DestroyResult struct {
 	Removed bool `json:"removed"`
 	// Purged lists the repository paths removed with PurgeVars.
 	Purged []string `json:"purged"`
+	// Disabled names its systemd unit, which was enabled and is not now.
+	Disabled string `json:"disabled,omitempty"`
 }
 
 // PurgeConfirm is the ConfirmationError kind of destroy --purge-vars.
@@ -199,6 +205,12 @@ func Destroy(s StateDir, o DestroyOptions) (*DestroyResult, error) {
 		return res, err
 	}
 	res.Removed = true
+	if o.Systemd.Enabled(s.Name) && o.Systemd.Available() {
+		if err := o.Systemd.Run("disable", s.Name); err != nil {
+			return res, fmt.Errorf("vm %s: destroyed, but its unit is still enabled: %w", s.Name, err)
+		}
+		res.Disabled = UnitName(s.Name)
+	}
 	if !o.PurgeVars {
 		return res, nil
 	}

@@ -475,3 +475,24 @@ func TestSystemdOffline(t *testing.T) {
 		t.Fatalf("disable: %v, enabled %v", err, sd.Enabled("app-vm-01"))
 	}
 }
+
+// TestDestroyDisablesItsUnit: destroying a VM whose credvm@NAME.service
+// is enabled disables it (by the real systemctl, on a system tree).
+func TestDestroyDisablesItsUnit(t *testing.T) {
+	sd := Systemd{Root: t.TempDir()}
+	if !sd.Available() {
+		t.Skip("systemctl not installed")
+	}
+	f := newFixture(t)
+	f.create()
+	if _, err := InstallUnit(sd.UnitDir(), UnitOptions{Binary: "/usr/bin/credvm", StateRoot: f.state.Root, ShutdownTimeout: time.Second, NoReload: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sd.Run("enable", "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Destroy(f.state, DestroyOptions{Systemd: sd})
+	if err != nil || res.Disabled != "credvm@vm1.service" || sd.Enabled("vm1") {
+		t.Fatalf("destroy: %+v, %v; still enabled: %v", res, err, sd.Enabled("vm1"))
+	}
+}
