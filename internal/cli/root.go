@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credvm/credvm/internal/repo"
+	"github.com/credvm/credvm/internal/vars"
 	"github.com/credvm/credvm/internal/vm"
 )
 
@@ -46,6 +47,9 @@ type globals struct {
 // "microvm", it takes microvm.nix's flags.
 func Main() int {
 	args := os.Args[1:]
+	if len(args) > 0 && args[0] == vars.SandboxInitArg {
+		return vars.SandboxInit(args[1:])
+	}
 	if filepath.Base(os.Args[0]) == "microvm" {
 		args = append([]string{"microvm"}, args...)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/credvm/credvm/internal/spec"
+	"golang.org/x/sys/unix"
 )
 
 // Sandbox says how generator scripts are isolated.
@@ -29,8 +30,10 @@ const (
 	// SandboxBwrap requires bubblewrap: no network, a read-only view of
 	// the system's /usr, nothing of the user's home or the repository.
 	SandboxBwrap Sandbox = "bwrap"
-	// SandboxNamespaces runs the script in fresh network, IPC and UTS
-	// namespaces: no network, but the host filesystem is visible.
+	// SandboxNamespaces runs the script in fresh network, IPC, UTS, PID
+	// and mount namespaces: no network, and the user's home, their age
+	// key's directory and the repository hidden under empty tmpfs mounts;
+	// the rest of the host's filesystem is visible.
 	SandboxNamespaces Sandbox = "namespaces"
 	// SandboxNone runs the script directly (--no-sandbox); it still gets
 	// a clean environment and the restricted PATH.
@@ -234,6 +237,8 @@ type scriptCmd struct {
 	env     []string
 	limits  spec.GeneratorLimits
 	cg      *cgroupLimit // nil without cgroups
+	// hide are the directories a namespaces-mode script does not see.
+	hide []string
 }
 
 func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
@@ -280,7 +285,20 @@ func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
 		env, dir = s.env, s.ws.root
 	}
 	argv = bounded(argv, s.limits, s.cg)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	if s.sandbox == SandboxNamespaces {
+		// credvm itself first, in the new namespaces, to hide the user's
+		// files before the script runs (sandboxinit.go). As /proc/self/exe
+		// named "credvm": the running binary, whatever its path.
+		init := append([]string{"credvm", SandboxInitArg}, s.hide...)
+		argv = append(append(init, "--"), argv...)
+	}
+	var cmd *exec.Cmd
+	if s.sandbox == SandboxNamespaces {
+		cmd = exec.CommandContext(ctx, "/proc/self/exe", argv[1:]...)
+		cmd.Args[0] = argv[0]
+	} else {
+		cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
+	}
 	cmd.Env, cmd.Dir = env, dir
 	// A background job of the script that holds its output open must not
 	// keep credvm waiting once the script is gone.
@@ -289,11 +307,14 @@ func (s *scriptCmd) command(ctx context.Context) *exec.Cmd {
 	if s.sandbox == SandboxNamespaces {
 		// The script is the init of a PID namespace of its own: when it
 		// dies, the kernel kills everything it started, however detached.
-		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS | syscall.CLONE_NEWPID
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS | syscall.CLONE_NEWPID | syscall.CLONE_NEWNS
 		if os.Geteuid() != 0 {
 			cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
 			cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: os.Geteuid(), HostID: os.Geteuid(), Size: 1}}
 			cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: os.Getegid(), HostID: os.Getegid(), Size: 1}}
+			// For the sandbox's init to mount (it clears it before the
+			// script runs).
+			cmd.SysProcAttr.AmbientCaps = []uintptr{unix.CAP_SYS_ADMIN}
 		}
 	}
 	// On timeout or cancellation kill the whole process group, not just

@@ -55,7 +55,11 @@ func (r *runner) run(ctx context.Context, label, machine string, g *spec.Generat
 	limits := r.e.limits()
 	cg := newCgroups(limits)
 	defer cg.remove()
-	sc := &scriptCmd{sandbox: r.sandbox, bwrap: r.bwrap, ws: ws, bin: bin, limits: limits, cg: cg, env: []string{
+	var hide []string
+	if r.sandbox == SandboxNamespaces {
+		hide = hiddenDirs(r.e.Repo.Root, ws.root, bin, tmp)
+	}
+	sc := &scriptCmd{sandbox: r.sandbox, bwrap: r.bwrap, ws: ws, bin: bin, limits: limits, cg: cg, hide: hide, env: []string{
 		"PATH=" + bin, "out=" + ws.out, "in=" + ws.in, "prompts=" + ws.prompts,
 		"HOME=/homeless-shelter", "TMPDIR=" + tmp, "LANG=C.UTF-8",
 	}}

@@ -33,6 +33,11 @@ import (
 // test binary runs one Generate and exits, so crash tests can kill a real
 // process at a fault point.
 func TestMain(m *testing.M) {
+	// The namespaces sandbox execs /proc/self/exe — this test binary — as
+	// its init, as it does credvm.
+	if len(os.Args) > 1 && os.Args[1] == SandboxInitArg {
+		os.Exit(SandboxInit(os.Args[2:]))
+	}
 	switch os.Getenv("CREDVM_TEST_HELPER") {
 	case "generate":
 		os.Exit(helperGenerate())
