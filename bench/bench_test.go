@@ -317,7 +317,7 @@ files.key = {}
 		shell, _ := timeCmd(b, c)
 		b.ReportMetric(ms(shell)/(machines*gens), "shell-ms/gen")
 
-		for _, sandbox := range []string{"bwrap", "none"} {
+		for _, sandbox := range []string{"bwrap", "namespaces", "none"} {
 			for _, jobs := range []int{1, 0} {
 				f := newFixture(b)
 				for m := range machines {
