@@ -20,7 +20,6 @@ import (
 	"github.com/credvm/credvm/internal/backup"
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
-	"github.com/credvm/credvm/internal/vm"
 )
 
 // On a host, everything credvm keeps is under the host's root:
@@ -31,21 +30,14 @@ const (
 	HostKey    = "/etc/ssh/ssh_host_ed25519_key"
 )
 
-// Deployed says what Deploy did for one VM.
+// Deployed says what Deploy did for one VM: what its host's credvm did
+// with it, and where.
 type Deployed struct {
-	Machine string `json:"name"`
-	Host    string `json:"host"`
+	Received
+	Host string `json:"host"`
 	// Binary: "copied" when the host's credvm was missing or differed,
 	// "current" when it was this one.
-	Binary  string `json:"binary"`
-	Created bool   `json:"created"`
-	// Started is the new VM's start; Update what updating an existing one
-	// did (its diff, and its restart when it ran something older).
-	Started *vm.Started      `json:"started,omitempty"`
-	Update  *vm.UpdateResult `json:"update,omitempty"`
-	// Enabled names the systemd unit the deploy enabled at boot.
-	Enabled string `json:"enabled,omitempty"`
-	Err     string `json:"error,omitempty"`
+	Binary string `json:"binary"`
 }
 
 // Deploy sends each named VM to its host — credvm itself if the host's
@@ -60,7 +52,7 @@ func Deploy(ctx context.Context, r *repo.Repo, user *sops.Identities, machines [
 	for _, m := range machines {
 		h := r.Inventory.HostOf(m)
 		if h == "" {
-			return nil, fmt.Errorf("machine %s has no host: place it with host = \"NAME\" under [machines.%s] in inventory.toml", m, m)
+			return nil, unplacedError(m)
 		}
 		byHost[h] = append(byHost[h], m)
 	}
@@ -96,7 +88,7 @@ func deployHost(ctx context.Context, r *repo.Repo, user *sops.Identities, hn str
 	fail := func(err error) []Deployed {
 		var out []Deployed
 		for _, m := range machines {
-			out = append(out, Deployed{Machine: m, Host: hn, Err: err.Error()})
+			out = append(out, Deployed{Received: Received{Machine: m, Err: err.Error()}, Host: hn})
 		}
 		return out
 	}
@@ -123,10 +115,10 @@ func deployHost(ctx context.Context, r *repo.Repo, user *sops.Identities, hn str
 	var out []Deployed
 	for _, m := range machines {
 		rc, ok := byName[m]
-		d := Deployed{Machine: m, Host: hn, Binary: binary, Created: rc.Created, Started: rc.Started, Update: rc.Update, Enabled: rc.Enabled, Err: rc.Err}
 		if !ok {
-			d.Err = "the host's credvm did not say what it did with it"
+			rc = Received{Machine: m, Err: "the host's credvm did not say what it did with it"}
 		}
+		d := Deployed{Received: rc, Host: hn, Binary: binary}
 		out = append(out, d)
 	}
 	return out
@@ -183,12 +175,7 @@ func (h *Host) receive(ctx context.Context, payload []byte, logf func(string, ..
 	if h.Root != "" {
 		args = append(args, "--systemd-root", h.Root)
 	}
-	argv := h.credvmArgv(args)
-	quoted := make([]string, len(argv))
-	for i, a := range argv {
-		quoted[i] = shellQuote(a)
-	}
-	script := `test "$(cat ` + shellQuote(bin+".sha256") + ` 2>/dev/null)" = ` + want + ` && exec ` + strings.Join(quoted, " ") + `; echo ` + needsBinary
+	script := `test "$(cat ` + shellQuote(bin+".sha256") + ` 2>/dev/null)" = ` + want + ` && exec ` + shellJoin(h.credvmArgv(args)) + `; echo ` + needsBinary
 	binary := "current"
 	for attempt := 0; ; attempt++ {
 		out, err := h.Run(ctx, bytes.NewReader(payload), "sh", "-c", script)

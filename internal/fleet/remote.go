@@ -24,19 +24,13 @@ type Placed struct {
 	Log     func(string, ...any)
 }
 
-// hostStatus is what the host's `credvm status NAME --json` says.
-type hostStatus struct {
-	Running  bool   `json:"running"`
-	Delivery string `json:"delivery"`
-	Status   string `json:"status"`
-}
-
-func (p *Placed) status(ctx context.Context) (*hostStatus, error) {
+// status is what the host's `credvm status NAME --json` says.
+func (p *Placed) status(ctx context.Context) (*vm.Status, error) {
 	out, err := p.Host.credvm(ctx, nil, "status", p.Machine.Name, "--json")
 	if err != nil {
 		return nil, err
 	}
-	var sts []hostStatus
+	var sts []vm.Status
 	if err := json.Unmarshal(out, &sts); err != nil || len(sts) != 1 {
 		return nil, fmt.Errorf("host %s: its status of %s is unreadable", p.Host.Name, p.Machine.Name)
 	}
@@ -122,7 +116,7 @@ func Remotes(r *repo.Repo, user *sops.Identities, names []string, logf func(stri
 func Select(r *repo.Repo, names, tags, hosts []string) ([]string, error) {
 	for _, h := range hosts {
 		if r.Inventory.Hosts[h] == nil {
-			return nil, fmt.Errorf("no host %q in inventory.toml: add it with `credvm host add %s USER@ADDRESS`", h, h)
+			return nil, noHostError(h)
 		}
 	}
 	var out []string
@@ -134,7 +128,7 @@ func Select(r *repo.Repo, names, tags, hosts []string) ([]string, error) {
 		for _, n := range sel {
 			if r.Inventory.HostOf(n) == "" {
 				if slices.Contains(names, n) {
-					return nil, fmt.Errorf("machine %s has no host: place it with host = \"NAME\" under [machines.%s] in inventory.toml", n, n)
+					return nil, unplacedError(n)
 				}
 				continue
 			}

@@ -42,13 +42,23 @@ type Host struct {
 func HostOf(r *repo.Repo, name string) (*Host, error) {
 	h := r.Inventory.Hosts[name]
 	if h == nil {
-		return nil, fmt.Errorf("no host %q in inventory.toml: add it with `credvm host add %s USER@ADDRESS`", name, name)
+		return nil, noHostError(name)
 	}
 	kh := r.Path("sops", "hosts", name, "known_hosts")
 	if !r.Exists(kh) {
 		return nil, fmt.Errorf("host %s has no pinned host key (sops/hosts/%s/known_hosts): `credvm host add %s %s` fetches and pins it", name, name, name, h.SSH)
 	}
 	return &Host{Name: name, Host: *h, KnownHosts: kh}, nil
+}
+
+// noHostError says the inventory has no host name, and how to add it.
+func noHostError(name string) error {
+	return fmt.Errorf("no host %q in inventory.toml: add it with `credvm host add %s USER@ADDRESS`", name, name)
+}
+
+// unplacedError says machine m is on no host, and how to place it.
+func unplacedError(m string) error {
+	return fmt.Errorf("machine %s has no host: place it with host = \"NAME\" under [machines.%s] in inventory.toml", m, m)
 }
 
 // alias is the name ssh knows the host's pinned key by.
@@ -171,11 +181,16 @@ func (h *Host) command(ctx context.Context, argv []string, extra ...string) (*ex
 		return nil, err
 	}
 	args = append(slices.Clone(extra), args...)
+	return exec.CommandContext(ctx, "ssh", append(args, shellJoin(argv))...), nil
+}
+
+// shellJoin is argv as one POSIX shell command line.
+func shellJoin(argv []string) string {
 	quoted := make([]string, len(argv))
 	for i, a := range argv {
 		quoted[i] = shellQuote(a)
 	}
-	return exec.CommandContext(ctx, "ssh", append(args, strings.Join(quoted, " "))...), nil
+	return strings.Join(quoted, " ")
 }
 
 // shellQuote quotes s for a POSIX shell.
