@@ -64,7 +64,7 @@ refused until confirmed again.`,
 	add.Flags().StringVar(&o.Root, "root", "", "a prefix for the host's paths (tests run hosts side by side)")
 	add.Flags().BoolVar(&asJSON, "json", false, "print what was pinned as JSON")
 
-	var hostKey, systemdRoot string
+	var hostKey string
 	receive := &cobra.Command{
 		Use:    "receive --host-key FILE",
 		Short:  "On a host: take a deploy's shipment (standard input) and create, start or update its VMs",
@@ -78,7 +78,7 @@ refused until confirmed again.`,
 			res, err := fleet.Receive(g.stdin, fleet.ReceiveOptions{
 				Repo: g.repoPath, StateRoot: g.stateRoot(), HostKey: hostKey,
 				Start:   vm.StartOptions{ShutdownTimeout: vm.DefaultShutdownTimeout, Self: self, Wait: vm.DefaultStartWait},
-				Systemd: vm.Systemd{Root: systemdRoot},
+				Systemd: vm.Systemd{Root: g.systemdRoot},
 			})
 			if err != nil {
 				return err
@@ -87,7 +87,6 @@ refused until confirmed again.`,
 		},
 	}
 	receive.Flags().StringVar(&hostKey, "host-key", vm.DefaultHostKey, "the host key the sealed machine keys open with")
-	receive.Flags().StringVar(&systemdRoot, "systemd-root", "", "the system root whose systemd runs the VMs (a host's root prefix)")
 	var listJSON bool
 	list := &cobra.Command{
 		Use:   "list",
@@ -226,7 +225,7 @@ func forwardedFlags(cmd *cobra.Command) []string {
 	var out []string
 	cmd.Flags().Visit(func(f *pflag.Flag) {
 		switch f.Name {
-		case "repo", "state-dir", "verbose", "tag":
+		case "repo", "state-dir", "systemd-root", "verbose", "tag":
 			return
 		}
 		if sv, ok := f.Value.(pflag.SliceValue); ok {

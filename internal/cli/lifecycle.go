@@ -200,7 +200,8 @@ func (g *globals) destroy(s vm.StateDir, purge, yes bool, timeout time.Duration,
 	var res *vm.DestroyResult
 	err := g.confirmed(func(accepted []*repo.ConfirmationError) error {
 		var err error
-		res, err = vm.Destroy(s, vm.DestroyOptions{PurgeVars: purge, ConfirmPurge: yes || accepts(accepted, vm.PurgeConfirm) != nil, ShutdownTimeout: timeout})
+		res, err = vm.Destroy(s, vm.DestroyOptions{PurgeVars: purge, ConfirmPurge: yes || accepts(accepted, vm.PurgeConfirm) != nil, ShutdownTimeout: timeout,
+			Systemd: vm.Systemd{Root: g.systemdRoot}})
 		return err
 	})
 	if res == nil || !text {

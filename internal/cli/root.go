@@ -37,10 +37,13 @@ func (e *exitError) Error() string { return e.msg }
 type globals struct {
 	repoPath string
 	stateDir string
-	verbose  bool
-	stdin    io.Reader
-	stdout   io.Writer
-	stderr   io.Writer
+	// systemdRoot is the system root whose systemd runs the VMs: "" this
+	// system's; a fleet host's root prefix in tests.
+	systemdRoot string
+	verbose     bool
+	stdin       io.Reader
+	stdout      io.Writer
+	stderr      io.Writer
 }
 
 // Main runs credvm with os.Args and returns the exit code. Called as
@@ -104,6 +107,8 @@ vars/), or named with --repo or $CREDVM_REPO.`,
 	root.PersistentFlags().StringVar(&g.repoPath, "repo", "", "repository root (default: $CREDVM_REPO, else found from the current directory upward)")
 	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", "", "root of the VMs' state directories (default $CREDVM_STATE_DIR, /var/lib/microvms as root, else ~/.local/state/credvm)")
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "print more about what happens (never secret values)")
+	root.PersistentFlags().StringVar(&g.systemdRoot, "systemd-root", "", "the system root whose systemd runs the VMs (a fleet host's root prefix, given by deploy)")
+	root.PersistentFlags().MarkHidden("systemd-root")
 	root.AddCommand(newVarsCmd(g), newGuestCmd(g), newRunCmd(g), newCredsCmd(g), newDemoCmd(g),
 		newCreateCmd(g), newUpdateCmd(g), newDestroyCmd(g), newStartCmd(g), newStopCmd(g), newRestartCmd(g),
 		newStatusCmd(g), newListCmd(g), newLogsCmd(g), newConsoleCmd(g), newSSHCmd(g), newMicrovmCmd(g), newSystemdCmd(g), newRotateCmd(g), newHostCmd(g), newDeployCmd(g), newMoveCmd(g),

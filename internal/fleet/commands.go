@@ -18,10 +18,16 @@ func (h *Host) credvm(ctx context.Context, stdin io.Reader, args ...string) ([]b
 	return h.Run(ctx, stdin, h.credvmArgv(args)...)
 }
 
-// credvmArgv is the host's credvm command line for args.
+// credvmArgv is the host's credvm command line for args: its repository,
+// state directory and, under a root prefix, the systemd root its units
+// are enabled in (receive) and disabled from (destroy).
 func (h *Host) credvmArgv(args []string) []string {
 	argv := append([]string{h.Path(HostBinary)}, args...)
-	return append(argv, "--repo", h.Path(HostRepo), "--state-dir", h.Path(HostState))
+	argv = append(argv, "--repo", h.Path(HostRepo), "--state-dir", h.Path(HostState))
+	if h.Root != "" {
+		argv = append(argv, "--systemd-root", h.Root)
+	}
+	return argv
 }
 
 // Listing is one host's answer to list.

@@ -172,9 +172,6 @@ func (h *Host) receive(ctx context.Context, payload []byte, logf func(string, ..
 	}
 	bin := h.Path(HostBinary)
 	args := []string{"host", "receive", "--host-key", h.Path(HostKey)}
-	if h.Root != "" {
-		args = append(args, "--systemd-root", h.Root)
-	}
 	script := `test "$(cat ` + shellQuote(bin+".sha256") + ` 2>/dev/null)" = ` + want + ` && exec ` + shellJoin(h.credvmArgv(args)) + `; echo ` + needsBinary
 	binary := "current"
 	for attempt := 0; ; attempt++ {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/credvm/credvm/internal/repo"
 	"github.com/credvm/credvm/internal/sops"
-	"github.com/credvm/credvm/internal/vm"
 )
 
 // MoveOptions configure Move.
@@ -94,13 +93,13 @@ func Move(ctx context.Context, r *repo.Repo, user *sops.Identities, name, to str
 		}
 	}
 	// undo puts things back as they were: what the move made on the new
-	// host removed (its copies of the volumes too), the VM started again
+	// host removed (its copies of the volumes too; its unit disabled by
+	// the host's destroy), the VM started again
 	// on the old one if it ran there.
 	var copied []string
 	undo := func(cause error) error {
 		dest.credvm(ctx, nil, "stop", name)
 		if created {
-			dest.disableUnit(ctx, name)
 			dest.credvm(ctx, nil, "destroy", name)
 			for _, img := range copied {
 				dest.Run(ctx, nil, "rm", "-f", "--", dest.Path(filepath.Join(HostState, name, img)))
@@ -136,9 +135,6 @@ func Move(ctx context.Context, r *repo.Repo, user *sops.Identities, name, to str
 	}
 	if err := setPlacement(r, name, from, to); err != nil {
 		return res, undo(err)
-	}
-	if err := old.disableUnit(ctx, name); err != nil {
-		logf("%s: its unit on %s could not be disabled: %v", name, from, err)
 	}
 	_, derr := old.credvm(ctx, nil, "destroy", name)
 	if _, err := old.credvm(ctx, nil, "status", name); err != nil && strings.Contains(err.Error(), "does not exist") {
@@ -233,21 +229,5 @@ func copyVolume(ctx context.Context, from, to *Host, name, image string) error {
 		return fmt.Errorf("copying volume %s: the copy's SHA-256 differs from the original's", image)
 	}
 	_, err = to.Run(ctx, nil, "mv", tmp, dst)
-	return err
-}
-
-// disableUnit disables the VM's credvm@NAME.service on the host, so that
-// it does not start there at boot (nothing when the host has no
-// systemctl). The host decides how: through its systemd when that runs
-// it, else offline on its files.
-func (h *Host) disableUnit(ctx context.Context, name string) error {
-	unit := shellQuote(vm.UnitName(name))
-	script := "command -v systemctl >/dev/null 2>&1 || exit 0; "
-	if h.Root != "" {
-		script += "systemctl --root=" + shellQuote(h.Root) + " disable --quiet " + unit
-	} else {
-		script += "if [ -d /run/systemd/system ]; then systemctl disable --quiet " + unit + "; else systemctl --root=/ disable --quiet " + unit + "; fi"
-	}
-	_, err := h.Run(ctx, nil, "sh", "-c", script)
 	return err
 }

@@ -201,16 +201,19 @@ func Destroy(s StateDir, o DestroyOptions) (*DestroyResult, error) {
 		}
 		res.Stopped = true
 	}
-	if err := removeState(s); err != nil {
-		return res, err
-	}
-	res.Removed = true
-	if o.Systemd.Enabled(s.Name) && o.Systemd.Available() {
+	rmErr := removeState(s)
+	// Gone once its registration is, even when its directory keeps files
+	// not credvm's (a volume): its unit goes with it.
+	if !s.Exists() && o.Systemd.Enabled(s.Name) && o.Systemd.Available() {
 		if err := o.Systemd.Run("disable", s.Name); err != nil {
-			return res, fmt.Errorf("vm %s: destroyed, but its unit is still enabled: %w", s.Name, err)
+			return res, errors.Join(rmErr, fmt.Errorf("vm %s: destroyed, but its unit is still enabled: %w", s.Name, err))
 		}
 		res.Disabled = UnitName(s.Name)
 	}
+	if rmErr != nil {
+		return res, rmErr
+	}
+	res.Removed = true
 	if !o.PurgeVars {
 		return res, nil
 	}

@@ -495,4 +495,13 @@ func TestDestroyDisablesItsUnit(t *testing.T) {
 	if err != nil || res.Disabled != "credvm@vm1.service" || sd.Enabled("vm1") {
 		t.Fatalf("destroy: %+v, %v; still enabled: %v", res, err, sd.Enabled("vm1"))
 	}
+	// A VM whose directory keeps a volume: destroyed all the same (the
+	// volume reported), its unit disabled.
+	f.create()
+	sd.Run("enable", "vm1")
+	os.WriteFile(f.state.File("data.img"), nil, 0o600)
+	res, err = Destroy(f.state, DestroyOptions{Systemd: sd})
+	if err == nil || !strings.Contains(err.Error(), "holds other files") || res.Disabled != "credvm@vm1.service" || sd.Enabled("vm1") {
+		t.Fatalf("destroy keeping a volume: %+v, %v; still enabled: %v", res, err, sd.Enabled("vm1"))
+	}
 }
