@@ -306,14 +306,7 @@ func (g *globals) newEngineCmd(use, short string, nargs int, run func(e *vars.En
 // terminal's title, carriage returns that could hide a line) are shown
 // as \xNN instead of acted on.
 func printable(s string) string {
-	clean := true
-	for _, r := range s {
-		if isControl(r) {
-			clean = false
-			break
-		}
-	}
-	if clean {
+	if strings.IndexFunc(s, isControl) < 0 {
 		return s
 	}
 	var b strings.Builder

@@ -268,6 +268,10 @@ guest off on stop, and is restarted on failure. Secrets are decrypted as in
 			if err != nil {
 				return err
 			}
+			if res.Unchanged {
+				fmt.Fprintf(g.stdout, "%s is current (unchanged)\n", res.Path)
+				return nil
+			}
 			fmt.Fprintf(g.stdout, "wrote %s\n", res.Path)
 			if res.Reloaded {
 				fmt.Fprintf(g.stdout, "reloaded systemd; start a VM with: systemctl enable --now credvm@NAME\n")

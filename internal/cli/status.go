@@ -191,13 +191,14 @@ func (g *globals) list(tags, only []string, asJSON bool) error {
 	if asJSON {
 		return g.printListJSON(rows, hosts)
 	}
-	if len(only) == 0 && localErr == nil {
+	showLocal := len(only) == 0 && localErr == nil
+	if showLocal {
 		if err := g.printTable(g.stdout, rows, fmt.Sprintf("no VMs in %s (credvm create NAME)", g.stateRoot())); err != nil {
 			return err
 		}
 	}
 	for i, h := range hosts {
-		if i > 0 || len(only) == 0 && localErr == nil {
+		if i > 0 || showLocal {
 			fmt.Fprintln(g.stdout)
 		}
 		if h.Err != nil {

@@ -103,16 +103,24 @@ func Unit(o UnitOptions) (string, error) {
 type InstalledUnit struct {
 	Path     string `json:"path"`
 	Reloaded bool   `json:"reloaded"`
+	// Unchanged: the unit there was this one already; nothing was
+	// written or reloaded.
+	Unchanged bool `json:"unchanged"`
 }
 
 // InstallUnit writes credvm@.service into dir and, when systemd runs the
-// system, reloads it.
+// system, reloads it — unless the unit there is this one already.
 func InstallUnit(dir string, o UnitOptions) (*InstalledUnit, error) {
 	unit, err := Unit(o)
 	if err != nil {
 		return nil, err
 	}
 	p := filepath.Join(dir, "credvm@.service")
+	// Every deploy installs it: a daemon-reload each time would cost the
+	// host far more than the comparison.
+	if cur, err := os.ReadFile(p); err == nil && string(cur) == unit {
+		return &InstalledUnit{Path: p, Unchanged: true}, nil
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}

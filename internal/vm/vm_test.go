@@ -462,8 +462,12 @@ func TestSystemdOffline(t *testing.T) {
 	if got, want := strings.Join(sd.Args("enable", UnitName("app-vm-01")), " "), "systemctl --root="+sd.Root+" enable --quiet credvm@app-vm-01.service"; got != want {
 		t.Errorf("args %q, want %q", got, want)
 	}
-	if _, err := InstallUnit(sd.UnitDir(), UnitOptions{Binary: "/usr/bin/credvm", StateRoot: "/var/lib/microvms", ShutdownTimeout: time.Second, NoReload: true}); err != nil {
-		t.Fatal(err)
+	uo := UnitOptions{Binary: "/usr/bin/credvm", StateRoot: "/var/lib/microvms", ShutdownTimeout: time.Second, NoReload: true}
+	if res, err := InstallUnit(sd.UnitDir(), uo); err != nil || res.Unchanged {
+		t.Fatalf("install: %+v, %v", res, err)
+	}
+	if res, err := InstallUnit(sd.UnitDir(), uo); err != nil || !res.Unchanged {
+		t.Fatalf("installing the same unit again: %+v, %v (want unchanged)", res, err)
 	}
 	if sd.Enabled("app-vm-01") {
 		t.Fatal("enabled before enable")
