@@ -28,9 +28,15 @@ func SealToSSH(plaintext []byte, hostKey string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the host key: %w", err)
 	}
+	return EncryptArmored(plaintext, r)
+}
+
+// EncryptArmored encrypts plaintext to the recipients as an ASCII-armored
+// age file.
+func EncryptArmored(plaintext []byte, to ...age.Recipient) ([]byte, error) {
 	var buf bytes.Buffer
 	aw := armor.NewWriter(&buf)
-	w, err := age.Encrypt(aw, r)
+	w, err := age.Encrypt(aw, to...)
 	if err != nil {
 		return nil, err
 	}

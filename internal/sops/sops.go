@@ -297,22 +297,8 @@ func macOnlyEncrypted(plaintext []byte) string {
 }
 
 func encryptDataKey(key []byte, r age.Recipient) (string, error) {
-	var buf bytes.Buffer
-	aw := armor.NewWriter(&buf)
-	w, err := age.Encrypt(aw, r)
-	if err != nil {
-		return "", err
-	}
-	if _, err := w.Write(key); err != nil {
-		return "", err
-	}
-	if err := w.Close(); err != nil {
-		return "", err
-	}
-	if err := aw.Close(); err != nil {
-		return "", err
-	}
-	return buf.String(), nil
+	b, err := EncryptArmored(key, r)
+	return string(b), err
 }
 
 // encRe is compiled on first use, not at start-up: most commands never

@@ -16,6 +16,7 @@ import (
 	"filippo.io/age/armor"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/credvm/credvm/internal/sops"
 	"github.com/credvm/credvm/internal/spec"
 )
 
@@ -224,23 +225,8 @@ func Seal(b *Bundle, to age.Recipient) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out bytes.Buffer
-	aw := armor.NewWriter(&out)
-	w, err := age.Encrypt(aw, to)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := w.Write(js); err != nil {
-		return nil, err
-	}
-	clear(js)
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	if err := aw.Close(); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
+	defer clear(js)
+	return sops.EncryptArmored(js, to)
 }
 
 // Open decrypts and parses a bundle — armored or binary age, or (when
